@@ -1,0 +1,249 @@
+"""B session slots in one batched PersonaPlex step (stock moshi ``LMGen`` + Mimi, exec masks).
+
+One call of :meth:`BatchedEngine.tick` runs Mimi encode -> LM step -> Mimi decode for every slot that has
+an input frame; the other rows keep their state untouched (exec mask). A joining session's prompt is
+prefilled in a private batch-of-one streaming state and its KV cache copied into its row, so it neither
+costs the running rows a batched forward nor touches their caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from moshi.models.lm import LMGen
+from moshi.modules.transformer import RingKVCache
+
+from bizra_voice import constants as C
+from bizra_voice.engine.api import SamplingParams
+from bizra_voice.engine.loading import ModelBundle
+from bizra_voice.engine.sampling import SlotSampling, sample_tokens
+from bizra_voice.prompt import build_timeline, delayed_columns
+from bizra_voice.voices import VoicePrompt
+
+UNGENERATED = -2
+_SILENT_TEXT_IDS = (0, 3)  # PersonaPlex: <unk>/EPAD and PAD are never sent to clients
+
+
+def text_piece(tokenizer: Any, token: int) -> str | None:
+    """The word piece a text token stands for ('▁' -> ' '), or None for padding and out-of-vocabulary ids."""
+    if token in _SILENT_TEXT_IDS or not 0 <= token < tokenizer.get_piece_size():
+        return None
+    return tokenizer.id_to_piece(token).replace("▁", " ")
+
+
+class _SlotLMGen(LMGen):
+    """``LMGen`` whose depformer samples each row with its own parameters (see ``sampling``)."""
+
+    def __init__(self, lm: Any, engine: BatchedEngine) -> None:
+        super().__init__(lm, use_sampling=False, support_out_of_sync=True,
+                         on_text_logits_hook=engine._on_text_logits, on_text_hook=engine._on_text,
+                         on_audio_hook=engine._on_audio)
+        self._engine = engine
+
+    def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        engine = self._engine
+        lm = self.lm_model
+        s = engine.sampling
+        position = self._streaming_state.offsets
+        previous = text_token
+        tokens = []
+        with lm.depformer.streaming(text_token.shape[0]):
+            for cb in range(lm.dep_q):
+                logits = lm.forward_depformer(cb, previous[:, None, None], transformer_out)
+                previous = sample_tokens(logits[:, 0, 0], s.temp_audio, s.topk_audio, s.greedy, s.seed,
+                                         position, 1 + cb, engine.max_topk_audio)
+                tokens.append(previous)
+        return torch.stack(tokens, dim=1)
+
+
+@dataclass
+class PreparedPrompt:
+    """Everything the prefill of one session needs, computed off the tick thread."""
+
+    voice: VoicePrompt | None
+    tokens: list[int]
+
+    @property
+    def length(self) -> int:
+        return 0 if self.voice is None else self.voice.frames + 2 * C.SILENCE_FRAMES + len(self.tokens)
+
+
+@dataclass
+class TickResult:
+    """Per-row results of one tick (only rows in ``produced`` carry a frame)."""
+
+    produced: np.ndarray  # bool [B]
+    text: np.ndarray  # int64 [B]
+    agent: np.ndarray  # int64 [B, 8]
+    pcm: np.ndarray  # float32 [B, FRAME_SIZE]
+
+
+def _copy_row(dst: Any, src: Any, row: int) -> None:
+    """Copy batch row 0 of a batch-of-one streaming state into row ``row`` of a batched one."""
+    for field in dataclasses.fields(dst):
+        a, b = getattr(dst, field.name), getattr(src, field.name)
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == dst.batch_size:
+            a[row] = b[0]
+        elif isinstance(a, RingKVCache):
+            a.cache[:, row] = b.cache[:, 0]
+            if a.end_offset.shape[0] == dst.batch_size:
+                a.end_offset[row] = b.end_offset[0]
+
+
+class BatchedEngine:
+    """The model side of the engine: owns the batched streaming state; single-threaded by contract."""
+
+    def __init__(self, bundle: ModelBundle, slots: int) -> None:
+        self.bundle = bundle
+        self.slots = slots
+        self.device = bundle.device
+        lm = bundle.lm
+        self.lm = lm
+        self.sampling = SlotSampling.create(slots, self.device)
+        self.max_topk_audio = 1
+        self.max_topk_text = 1
+        self.force_text = torch.full((slots,), -1, dtype=torch.long, device=self.device)
+        self.force_audio = torch.full((slots, lm.dep_q), -1, dtype=torch.long, device=self.device)
+        self._text_logits: torch.Tensor | None = None
+        # The private batch-of-one state used for prefills, created before the batched one.
+        with lm.streaming(1):
+            self._scratch_state = lm.get_streaming_state()
+        self.lm_gen = _SlotLMGen(lm, self)
+        self.mimi = bundle.mimi
+        self._streams = [self.lm_gen.streaming(slots), self.mimi.streaming(slots)]
+        self._lm_state = lm.get_streaming_state()
+        self._sine = torch.tensor(C.SINE_TOKENS, dtype=torch.long, device=self.device)
+        self._silence = torch.tensor(C.SILENCE_TOKENS, dtype=torch.long, device=self.device)
+        self._init_text = lm.text_card
+        self._init_audio = lm.card
+        self.prefill_mode = "prefill"
+
+    def close(self) -> None:
+        """Leave streaming mode so the models can serve another engine (tests, conformance runs)."""
+        while self._streams:
+            self._streams.pop().close()
+
+    # ---- hooks called inside LMGen.step -------------------------------------------------------------
+    def _on_text_logits(self, logits: torch.Tensor) -> None:
+        self._text_logits = logits
+
+    def _on_text(self, text_token: torch.Tensor) -> None:
+        s = self.sampling
+        assert self._text_logits is not None
+        sampled = sample_tokens(self._text_logits[:, 0, 0], s.temp_text, s.topk_text, s.greedy, s.seed,
+                                self.lm_gen._streaming_state.offsets, 0, self.max_topk_text)
+        text_token.copy_(torch.where(self.force_text >= 0, self.force_text, sampled))
+
+    def _on_audio(self, audio_tokens: torch.Tensor) -> None:
+        audio_tokens.copy_(torch.where(self.force_audio >= 0, self.force_audio, audio_tokens))
+
+    # ---- slot lifecycle ------------------------------------------------------------------------------
+    def _mask(self, rows: list[int] | np.ndarray) -> torch.Tensor:
+        mask = torch.zeros(self.slots, dtype=torch.bool)
+        mask[torch.as_tensor(np.asarray(rows, dtype=np.int64))] = True
+        return mask.to(self.device)
+
+    def reset_slot(self, slot: int) -> None:
+        mask = self._mask([slot])
+        self.lm_gen.reset_streaming(mask)
+        self.mimi.reset_streaming(mask)
+        self.force_text[slot] = -1
+        self.force_audio[slot] = -1
+
+    def set_sampling(self, slot: int, params: SamplingParams) -> int:
+        seed = self.sampling.assign(slot, params)
+        self.max_topk_text = max(self.sampling.max_topk_text)
+        self.max_topk_audio = max(self.sampling.max_topk_audio)
+        return seed
+
+    def _embed_columns(self, columns: np.ndarray) -> torch.Tensor:
+        """Summed input embeddings [T, dim] of delayed-layout columns [17, T], in the order the LM sums them."""
+        lm = self.lm
+        seq = torch.from_numpy(columns).to(self.device)
+        x = None
+        for cb in range(lm.num_audio_codebooks):
+            emb = lm.emb[cb](seq[cb + lm.audio_offset])
+            x = emb if x is None else x + emb
+        text = lm.text_emb(seq[0])
+        return text if x is None else x + text
+
+    @torch.no_grad()
+    def start_slot(self, slot: int, prompt: PreparedPrompt, params: SamplingParams) -> int:
+        """Reset ``slot`` and teacher-force its voice + text prompt; returns the sampling seed in use."""
+        self.reset_slot(slot)
+        seed = self.set_sampling(slot, params)
+        if prompt.voice is None:
+            return seed
+        voice = prompt.voice
+        timeline = build_timeline(voice.codes, prompt.tokens)
+        total = timeline.length
+        start = 0 if voice.embeddings is None else voice.frames - 1
+        cols = delayed_columns(timeline.text[start:], timeline.agent[start:], timeline.user[start:], start,
+                               None, None, self._init_text, self._init_audio)
+        if voice.tail_column is not None:
+            cols[:, 0] = voice.tail_column
+        parts = []
+        if voice.embeddings is not None and start > 0:
+            parts.append(voice.embeddings.to(device=self.device, dtype=self.bundle.dtype))
+        if cols.shape[1] > 1:
+            parts.append(self._embed_columns(cols[:, :-1]).to(self.bundle.dtype))
+        if parts:
+            self._prefill(slot, torch.cat(parts, dim=0))
+        # The LMGen ring of delayed tokens: the step at offset P-1 reads column (P-1) % CT.
+        state = self.lm_gen._streaming_state
+        ct = state.cache.shape[2]
+        state.offsets[slot] = total - 1
+        state.cache[slot, :, (total - 1) % ct] = torch.from_numpy(cols[:, -1]).to(self.device)
+        # Last prompt step: text and semantic code free, acoustic codes of the last prompt frame forced.
+        self.force_audio[slot, 1:] = self._silence[1:]
+        mask = self._mask([slot])
+        self.lm_gen.set_exec_mask(mask)
+        user = self._sine.view(1, -1, 1).expand(self.slots, -1, 1).contiguous()
+        self.lm_gen.step(user)
+        self.force_audio[slot] = -1
+        return seed
+
+    def _prefill(self, slot: int, x: torch.Tensor) -> None:
+        """Run the transformer over prompt embeddings [T, dim] in the batch-of-one state, copy into ``slot``."""
+        lm = self.lm
+        lm.set_streaming_state(self._scratch_state)
+        try:
+            lm.reset_streaming()
+            lm.transformer(x[None])
+            for name, batched in self._lm_state.items():
+                _copy_row(batched, self._scratch_state[name], slot)
+        finally:
+            lm.set_streaming_state(self._lm_state)
+
+    # ---- the tick ------------------------------------------------------------------------------------
+    def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.lm_gen.set_exec_mask(mask)
+        tokens = self.lm_gen.step(codes)[:, :, 0]
+        return tokens, mask & (tokens[:, 1:] >= 0).all(dim=-1)
+
+    @torch.no_grad()
+    def step_codes(self, user_codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """LM step on given user Mimi codes [B, 8] (no audio codec): tokens [B, 9] and the produced mask."""
+        mask = torch.from_numpy(active).to(self.device)
+        codes = torch.from_numpy(user_codes).to(self.device)[:, :, None]
+        tokens, produced = self._lm_step(codes, mask)
+        return tokens.cpu().numpy(), produced.cpu().numpy()
+
+    @torch.no_grad()
+    def tick(self, pcm: np.ndarray, active: np.ndarray) -> TickResult:
+        """One 80 ms step for the rows in ``active`` (bool [B]); ``pcm`` is float32 [B, FRAME_SIZE]."""
+        mask = torch.from_numpy(active).to(self.device)
+        audio = torch.from_numpy(pcm).to(self.device)[:, None, :]
+        self.mimi.set_exec_mask(mask)
+        codes = self.mimi.encode(audio)
+        tokens, produced = self._lm_step(codes, mask)
+        agent = tokens[:, 1:]
+        self.mimi.set_exec_mask(produced)
+        pcm_out = self.mimi.decode(agent.clamp(min=0)[:, :, None])
+        tokens_np = tokens.cpu().numpy()
+        return TickResult(produced=produced.cpu().numpy(), text=tokens_np[:, 0].copy(),
+                          agent=tokens_np[:, 1:].copy(), pcm=pcm_out[:, 0].float().cpu().numpy())
