@@ -12,6 +12,11 @@ import numpy as np
 
 from bizra_voice import constants as C
 
+# Top-k ceilings: the batched sampler takes a fixed-size top-k (so the step stays CUDA-graph friendly)
+# and masks each row down to its own k.
+MAX_TEXT_TOPK = 1000
+MAX_AUDIO_TOPK = 2048
+
 
 class EngineError(Exception):
     """Base class of errors the engine reports to a client in one sentence."""
@@ -45,10 +50,10 @@ class SamplingParams:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 5.0:
                 raise BadSessionRequest(f"{name} must be a finite number between 0 and 5, got {value!r}.")
-        for name in ("text_topk", "audio_topk"):
+        for name, limit in (("text_topk", MAX_TEXT_TOPK), ("audio_topk", MAX_AUDIO_TOPK)):
             value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= 5000:
-                raise BadSessionRequest(f"{name} must be an integer between 1 and 5000, got {value!r}.")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise BadSessionRequest(f"{name} must be an integer between 1 and {limit}, got {value!r}.")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise BadSessionRequest(f"seed must be a non-negative 63-bit integer, got {self.seed!r}.")
 

@@ -18,7 +18,7 @@ from moshi.models.lm import LMGen
 from moshi.modules.transformer import RingKVCache
 
 from bizra_voice import constants as C
-from bizra_voice.engine.api import SamplingParams
+from bizra_voice.engine.api import MAX_AUDIO_TOPK, MAX_TEXT_TOPK, SamplingParams
 from bizra_voice.engine.loading import ModelBundle
 from bizra_voice.engine.sampling import SlotSampling, sample_tokens
 from bizra_voice.prompt import build_timeline, delayed_columns
@@ -104,8 +104,8 @@ class BatchedEngine:
         lm = bundle.lm
         self.lm = lm
         self.sampling = SlotSampling.create(slots, self.device)
-        self.max_topk_audio = 1
-        self.max_topk_text = 1
+        self.max_topk_audio = min(MAX_AUDIO_TOPK, lm.card)
+        self.max_topk_text = min(MAX_TEXT_TOPK, lm.text_card)
         self.force_text = torch.full((slots,), -1, dtype=torch.long, device=self.device)
         self.force_audio = torch.full((slots, lm.dep_q), -1, dtype=torch.long, device=self.device)
         self._text_logits: torch.Tensor | None = None
@@ -155,10 +155,7 @@ class BatchedEngine:
         self.force_audio[slot] = -1
 
     def set_sampling(self, slot: int, params: SamplingParams) -> int:
-        seed = self.sampling.assign(slot, params)
-        self.max_topk_text = max(self.sampling.max_topk_text)
-        self.max_topk_audio = max(self.sampling.max_topk_audio)
-        return seed
+        return self.sampling.assign(slot, params)
 
     def _embed_columns(self, columns: np.ndarray) -> torch.Tensor:
         """Summed input embeddings [T, dim] of delayed-layout columns [17, T], in the order the LM sums them."""

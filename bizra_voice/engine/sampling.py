@@ -48,8 +48,6 @@ class SlotSampling:
     topk_audio: torch.Tensor
     greedy: torch.Tensor
     seed: torch.Tensor
-    max_topk_text: list[int]
-    max_topk_audio: list[int]
 
     @classmethod
     def create(cls, slots: int, device: torch.device) -> SlotSampling:
@@ -57,7 +55,7 @@ class SlotSampling:
             return torch.zeros(slots, dtype=dtype, device=device)
 
         return cls(zeros(torch.float32), zeros(torch.long), zeros(torch.float32), zeros(torch.long),
-                   torch.ones(slots, dtype=torch.bool, device=device), zeros(torch.long), [1] * slots, [1] * slots)
+                   torch.ones(slots, dtype=torch.bool, device=device), zeros(torch.long))
 
     def assign(self, slot: int, params: SamplingParams) -> int:
         """Store a session's parameters; returns the seed in use (drawn at random when none was given)."""
@@ -69,8 +67,6 @@ class SlotSampling:
         self.topk_audio[slot] = params.audio_topk
         self.greedy[slot] = greedy
         self.seed[slot] = seed
-        self.max_topk_text[slot] = params.text_topk
-        self.max_topk_audio[slot] = params.audio_topk
         return seed
 
 
