@@ -77,3 +77,4 @@ class FrameOutput:
     text: str | None  # decoded word piece ('▁' -> ' '); None for padding tokens
     agent_codes: np.ndarray  # int64 [8], un-delayed Mimi codes of this frame
     tick_ms: float = 0.0  # duration of the batched tick that produced it
+    guided: bool = False  # the text token is a guidance (hybrid answer) token

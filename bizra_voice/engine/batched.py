@@ -25,6 +25,7 @@ from bizra_voice.prompt import build_timeline, delayed_columns
 from bizra_voice.voices import VoicePrompt
 
 UNGENERATED = -2
+MAX_GUIDE_TOKENS = 512  # longest answer (in PersonaPlex text tokens) one guidance can hold
 _SILENT_TEXT_IDS = (0, 3)  # PersonaPlex: <unk>/EPAD and PAD are never sent to clients
 
 
@@ -80,6 +81,8 @@ class TickResult:
     text: np.ndarray  # int64 [B]
     agent: np.ndarray  # int64 [B, 8]
     pcm: np.ndarray  # float32 [B, FRAME_SIZE]
+    guided: np.ndarray | None = None  # bool [B]: the text token came from guidance
+    model_text: np.ndarray | None = None  # int64 [B]: what the model itself chose before guidance
 
 
 def _copy_row(dst: Any, src: Any, row: int) -> None:
@@ -109,6 +112,15 @@ class BatchedEngine:
         self.force_text = torch.full((slots,), -1, dtype=torch.long, device=self.device)
         self.force_audio = torch.full((slots, lm.dep_q), -1, dtype=torch.long, device=self.device)
         self._text_logits: torch.Tensor | None = None
+        # Guided inner monologue (hybrid mode): per-row answer tokens that replace the model's word tokens.
+        self.guide_tokens = torch.zeros((slots, MAX_GUIDE_TOKENS), dtype=torch.long, device=self.device)
+        self.guide_length = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.guide_index = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.guided = torch.zeros(slots, dtype=torch.bool, device=self.device)
+        self.model_text = torch.zeros(slots, dtype=torch.long, device=self.device)  # the model's own choice
+        # A text token sampled at one step is output by the row's next step: report its flags then.
+        self._sampled_guided = torch.zeros(slots, dtype=torch.bool, device=self.device)
+        self._sampled_model_text = torch.zeros(slots, dtype=torch.long, device=self.device)
         # The private batch-of-one state used for prefills, created before the batched one.
         with lm.streaming(1):
             self._scratch_state = lm.get_streaming_state()
@@ -136,6 +148,16 @@ class BatchedEngine:
         assert self._text_logits is not None
         sampled = sample_tokens(self._text_logits[:, 0, 0], s.temp_text, s.topk_text, s.greedy, s.seed,
                                 self.lm_gen._streaming_state.offsets, 0, self.max_topk_text)
+        # Guidance: where the model chose a word (not PAD/EPAD), say the next answer token instead, so the
+        # model keeps its own timing and voice and speaks the answer's words in order.
+        self.model_text.copy_(sampled)
+        is_word = (sampled != C.TEXT_PAD_ID) & (sampled != 0)
+        executing = self.lm_gen._streaming_state.exec_mask
+        use = is_word & executing & (self.guide_index < self.guide_length)
+        guided = self.guide_tokens.gather(1, self.guide_index.clamp(max=MAX_GUIDE_TOKENS - 1)[:, None])[:, 0]
+        sampled = torch.where(use, guided, sampled)
+        self.guide_index += use.long()
+        self.guided.copy_(use)
         text_token.copy_(torch.where(self.force_text >= 0, self.force_text, sampled))
 
     def _on_audio(self, audio_tokens: torch.Tensor) -> None:
@@ -153,6 +175,29 @@ class BatchedEngine:
         self.mimi.reset_streaming(mask)
         self.force_text[slot] = -1
         self.force_audio[slot] = -1
+        self.cancel_guidance(slot)
+        self._sampled_guided[slot] = False
+
+    def set_guidance(self, slot: int, tokens: list[int]) -> int:
+        """Queue answer tokens for ``slot`` (replacing any earlier guidance); returns how many were taken."""
+        tokens = [t for t in tokens if 0 <= t < self.lm.text_card][:MAX_GUIDE_TOKENS]
+        self.guide_tokens[slot].zero_()
+        if tokens:
+            self.guide_tokens[slot, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        self.guide_length[slot] = len(tokens)
+        self.guide_index[slot] = 0
+        return len(tokens)
+
+    def cancel_guidance(self, slot: int) -> int:
+        """Stop guiding ``slot`` (barge-in); returns how many answer tokens were left unsaid."""
+        left = int(self.guide_length[slot] - self.guide_index[slot])
+        self.guide_length[slot] = 0
+        self.guide_index[slot] = 0
+        return max(0, left)
+
+    def guidance_progress(self, slot: int) -> tuple[int, int]:
+        """(tokens said, tokens queued) of ``slot``'s current guidance."""
+        return int(self.guide_index[slot]), int(self.guide_length[slot])
 
     def set_sampling(self, slot: int, params: SamplingParams) -> int:
         return self.sampling.assign(slot, params)
@@ -198,9 +243,8 @@ class BatchedEngine:
         # Last prompt step: text and semantic code free, acoustic codes of the last prompt frame forced.
         self.force_audio[slot, 1:] = self._silence[1:]
         mask = self._mask([slot])
-        self.lm_gen.set_exec_mask(mask)
         user = self._sine.view(1, -1, 1).expand(self.slots, -1, 1).contiguous()
-        self.lm_gen.step(user)
+        self._lm_step(user, mask)
         self.force_audio[slot] = -1
         return seed
 
@@ -219,7 +263,13 @@ class BatchedEngine:
     # ---- the tick ------------------------------------------------------------------------------------
     def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.lm_gen.set_exec_mask(mask)
+        reported_guided = self._sampled_guided.clone()
+        reported_model_text = self._sampled_model_text.clone()
         tokens = self.lm_gen.step(codes)[:, :, 0]
+        self._sampled_guided.copy_(torch.where(mask, self.guided, self._sampled_guided))
+        self._sampled_model_text.copy_(torch.where(mask, self.model_text, self._sampled_model_text))
+        self.guided.copy_(reported_guided)
+        self.model_text.copy_(reported_model_text)
         return tokens, mask & (tokens[:, 1:] >= 0).all(dim=-1)
 
     @torch.no_grad()
@@ -229,6 +279,9 @@ class BatchedEngine:
         codes = torch.from_numpy(user_codes).to(self.device)[:, :, None]
         tokens, produced = self._lm_step(codes, mask)
         return tokens.cpu().numpy(), produced.cpu().numpy()
+
+    def _guidance_now(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.guided.cpu().numpy().copy(), self.model_text.cpu().numpy().copy()
 
     @torch.no_grad()
     def tick(self, pcm: np.ndarray, active: np.ndarray) -> TickResult:
@@ -242,5 +295,7 @@ class BatchedEngine:
         self.mimi.set_exec_mask(produced)
         pcm_out = self.mimi.decode(agent.clamp(min=0)[:, :, None])
         tokens_np = tokens.cpu().numpy()
+        guided, model_text = self._guidance_now()
         return TickResult(produced=produced.cpu().numpy(), text=tokens_np[:, 0].copy(),
-                          agent=tokens_np[:, 1:].copy(), pcm=pcm_out[:, 0].float().cpu().numpy())
+                          agent=tokens_np[:, 1:].copy(), pcm=pcm_out[:, 0].float().cpu().numpy(),
+                          guided=guided, model_text=model_text)

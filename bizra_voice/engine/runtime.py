@@ -84,6 +84,21 @@ class LiveSession:
         self.frames_in += full
         self.runtime._enqueue_frames(self, frames)
 
+    async def guide(self, tokens: list[int]) -> int:
+        """Make the persona say these PersonaPlex text tokens, in its own voice and timing (hybrid mode)."""
+        if self.closed:
+            raise SessionClosed(self.close_reason or "The session is closed.")
+        return await asyncio.wrap_future(self.runtime._submit(self.runtime.engine.set_guidance, self.slot, tokens))
+
+    async def cancel_guidance(self) -> int:
+        """Barge-in: drop the rest of the guidance; returns how many tokens were left unsaid."""
+        if self.closed:
+            return 0
+        return await asyncio.wrap_future(self.runtime._submit(self.runtime.engine.cancel_guidance, self.slot))
+
+    async def guidance_progress(self) -> tuple[int, int]:
+        return await asyncio.wrap_future(self.runtime._submit(self.runtime.engine.guidance_progress, self.slot))
+
     async def next_output(self) -> FrameOutput:
         item = await self._outputs.get()
         if isinstance(item, BaseException):
@@ -318,7 +333,8 @@ class EngineRuntime:
                 continue
             token = int(result.text[slot])
             text = text_piece(self.tokenizer, token)
+            guided = bool(result.guided[slot]) if result.guided is not None else False
             out = FrameOutput(frame=state.produced, pcm=result.pcm[slot].copy(), text_token=token, text=text,
-                              agent_codes=result.agent[slot].copy(), tick_ms=tick_ms)
+                              agent_codes=result.agent[slot].copy(), tick_ms=tick_ms, guided=guided)
             state.produced += 1
             state.session._loop.call_soon_threadsafe(state.session._deliver, out)
