@@ -132,7 +132,14 @@ class BatchedEngine:
         self._silence = torch.tensor(C.SILENCE_TOKENS, dtype=torch.long, device=self.device)
         self._init_text = lm.text_card
         self._init_audio = lm.card
-        self.prefill_mode = "prefill"
+        # Host-side model position of every row, and a device ring of each row's recent conversation frames
+        # (text, 8 agent codes, 8 user codes) from which a long session is re-anchored.
+        self.positions = np.zeros(slots, dtype=np.int64)
+        self.history_size = 0
+        self.reanchor_margin = 0
+        self._history = torch.zeros((slots, 1, 17), dtype=torch.long, device=self.device)
+        self._history_count = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self._prompts: dict[int, PreparedPrompt] = {}
 
     def close(self) -> None:
         """Leave streaming mode so the models can serve another engine (tests, conformance runs)."""
@@ -169,10 +176,13 @@ class BatchedEngine:
         mask[torch.as_tensor(np.asarray(rows, dtype=np.int64))] = True
         return mask.to(self.device)
 
-    def reset_slot(self, slot: int) -> None:
+    def reset_slot(self, slot: int, codec: bool = True) -> None:
+        """Reset the row's LM state (and its Mimi streams unless ``codec`` is False: a re-anchor keeps the
+        audio streams running)."""
         mask = self._mask([slot])
         self.lm_gen.reset_streaming(mask)
-        self.mimi.reset_streaming(mask)
+        if codec:
+            self.mimi.reset_streaming(mask)
         self.force_text[slot] = -1
         self.force_audio[slot] = -1
         self.cancel_guidance(slot)
@@ -218,10 +228,19 @@ class BatchedEngine:
         """Reset ``slot`` and teacher-force its voice + text prompt; returns the sampling seed in use."""
         self.reset_slot(slot)
         seed = self.set_sampling(slot, params)
+        self._prompts[slot] = prompt
         if prompt.voice is None:
             return seed
-        voice = prompt.voice
-        timeline = build_timeline(voice.codes, prompt.tokens)
+        self._force_timeline(slot, build_timeline(prompt.voice.codes, prompt.tokens), prompt.voice)
+        return seed
+
+    def _force_timeline(self, slot: int, timeline: Any, voice: VoicePrompt, pending: np.ndarray | None = None) -> None:
+        """Teacher-force ``timeline`` into the freshly reset ``slot``.
+
+        Without ``pending`` this is a session start: the last timeline position is stepped with its text and
+        semantic code free. With ``pending`` ([text, semantic] already sampled for the next position), the
+        timeline ends a live conversation (re-anchoring) and the next tick simply carries on.
+        """
         total = timeline.length
         start = 0 if voice.embeddings is None else voice.frames - 1
         cols = delayed_columns(timeline.text[start:], timeline.agent[start:], timeline.user[start:], start,
@@ -231,22 +250,32 @@ class BatchedEngine:
         parts = []
         if voice.embeddings is not None and start > 0:
             parts.append(voice.embeddings.to(device=self.device, dtype=self.bundle.dtype))
-        if cols.shape[1] > 1:
-            parts.append(self._embed_columns(cols[:, :-1]).to(self.bundle.dtype))
+        # A session start steps its last position below; a re-anchor has already sampled past it.
+        prefilled = cols if pending is not None else cols[:, :-1]
+        if prefilled.shape[1]:
+            parts.append(self._embed_columns(prefilled).to(self.bundle.dtype))
         if parts:
             self._prefill(slot, torch.cat(parts, dim=0))
-        # The LMGen ring of delayed tokens: the step at offset P-1 reads column (P-1) % CT.
+        # The LMGen ring of delayed tokens: the step at offset o reads column o % CT.
         state = self.lm_gen._streaming_state
         ct = state.cache.shape[2]
+        if pending is not None:
+            # The text and semantic code sampled for the next position, with the acoustic codes of the last
+            # timeline frame (delay 1), form the column the next tick reads.
+            column = np.concatenate([pending[:2], timeline.agent[-1, 1:], timeline.user[-1, :1], timeline.user[-1, 1:]])
+            state.offsets[slot] = total
+            state.cache[slot, :, total % ct] = torch.from_numpy(column.astype(np.int64)).to(self.device)
+            self.positions[slot] = total
+            return
         state.offsets[slot] = total - 1
         state.cache[slot, :, (total - 1) % ct] = torch.from_numpy(cols[:, -1]).to(self.device)
+        self.positions[slot] = total - 1
         # Last prompt step: text and semantic code free, acoustic codes of the last prompt frame forced.
         self.force_audio[slot, 1:] = self._silence[1:]
         mask = self._mask([slot])
         user = self._sine.view(1, -1, 1).expand(self.slots, -1, 1).contiguous()
-        self._lm_step(user, mask)
+        self._lm_step(user, mask, conversation=False)
         self.force_audio[slot] = -1
-        return seed
 
     def _prefill(self, slot: int, x: torch.Tensor) -> None:
         """Run the transformer over prompt embeddings [T, dim] in the batch-of-one state, copy into ``slot``."""
@@ -261,16 +290,79 @@ class BatchedEngine:
             lm.set_streaming_state(self._lm_state)
 
     # ---- the tick ------------------------------------------------------------------------------------
-    def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor,
+                 conversation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         self.lm_gen.set_exec_mask(mask)
         reported_guided = self._sampled_guided.clone()
         reported_model_text = self._sampled_model_text.clone()
         tokens = self.lm_gen.step(codes)[:, :, 0]
+        self._record_history(tokens, codes[:, :, 0], mask, conversation)
         self._sampled_guided.copy_(torch.where(mask, self.guided, self._sampled_guided))
         self._sampled_model_text.copy_(torch.where(mask, self.model_text, self._sampled_model_text))
         self.guided.copy_(reported_guided)
         self.model_text.copy_(reported_model_text)
         return tokens, mask & (tokens[:, 1:] >= 0).all(dim=-1)
+
+    # ---- long sessions -------------------------------------------------------------------------------
+    def keep_history(self, frames: int, margin: int) -> None:
+        """Remember each row's last ``frames`` conversation frames and re-anchor ``margin`` frames before the
+        end of the context window."""
+        self.history_size = frames
+        self.reanchor_margin = margin
+        self._history = torch.zeros((self.slots, max(1, frames), 17), dtype=torch.long, device=self.device)
+        self._history_count.zero_()
+
+    def _record_history(self, tokens: torch.Tensor, user: torch.Tensor, mask: torch.Tensor,
+                        conversation: bool) -> None:
+        self.positions += mask.cpu().numpy()
+        if not self.history_size or not conversation:
+            return
+        frame = torch.cat([tokens, user], dim=1)  # [B, 17]: text, agent 8 (un-delayed), user 8
+        valid = mask & (tokens[:, 1:] >= 0).all(dim=-1)
+        index = (self._history_count % self.history_size)[:, None, None].expand(-1, 1, 17)
+        current = self._history.gather(1, index)
+        self._history.scatter_(1, index, torch.where(valid[:, None, None], frame[:, None, :], current))
+        self._history_count += valid.long()
+
+    def needs_reanchor(self, slot: int) -> bool:
+        return self.history_size > 0 and slot in self._prompts and self._prompts[slot].voice is not None and \
+            self.positions[slot] >= self.bundle.context - self.reanchor_margin
+
+    @torch.no_grad()
+    def reanchor(self, slot: int) -> int:
+        """Restart ``slot``'s context as persona prompt + its most recent frames, keeping the conversation going.
+
+        Past the model's context window (3000 frames, 4 minutes) the persona prompt would slide out and the
+        persona fade. Instead the row is reset and re-prefilled with its voice and text prompt followed by
+        the last ``history_size`` frames it heard and said, teacher-forced, so it keeps both its identity
+        and the recent conversation. Returns the row's new position.
+        """
+        prompt = self._prompts[slot]
+        assert prompt.voice is not None
+        count = int(self._history_count[slot])
+        room = self.bundle.context - self.reanchor_margin - prompt.length - 1
+        kept = max(0, min(count, self.history_size, room))
+        rows = [(count - kept + i) % max(1, self.history_size) for i in range(kept)]
+        history = self._history[slot, rows].cpu().numpy() if kept else np.zeros((0, 17), dtype=np.int64)
+        state = self.lm_gen._streaming_state
+        ct = state.cache.shape[2]
+        pending = state.cache[slot, 0:2, int(state.offsets[slot]) % ct].cpu().numpy()
+        base = build_timeline(prompt.voice.codes, prompt.tokens)
+        timeline = type(base)(text=np.concatenate([base.text, history[:, 0]]),
+                              agent=np.concatenate([base.agent, history[:, 1:9]]),
+                              user=np.concatenate([base.user, history[:, 9:17]]),
+                              voice_frames=base.voice_frames)
+        guide = (self.guide_tokens[slot].clone(), self.guide_length[slot].clone(), self.guide_index[slot].clone())
+        sampled = (self._sampled_guided[slot].clone(), self._sampled_model_text[slot].clone())
+        self.reset_slot(slot, codec=False)
+        self.guide_tokens[slot], self.guide_length[slot], self.guide_index[slot] = guide
+        self._sampled_guided[slot], self._sampled_model_text[slot] = sampled
+        self._history_count[slot] = 0
+        for frame in history:  # the replayed frames stay available for the next re-anchor
+            self._history[slot, int(self._history_count[slot]) % self.history_size] = torch.from_numpy(frame)
+            self._history_count[slot] += 1
+        self._force_timeline(slot, timeline, prompt.voice, pending=pending)
+        return int(self.positions[slot])
 
     @torch.no_grad()
     def step_codes(self, user_codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ class EngineConfig(BaseModel):
     hf_token_env: str = Field("HF_TOKEN", description="Environment variable that holds the Hugging Face token.")
     cache_dir: str | None = Field(None, description="Where downloads and extracted voices go (default: HF cache).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "float64"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU.")
     slots: int = Field(8, ge=1, le=256, description="Concurrent sessions in one batched model step.")
     quantize_int8: bool = Field(False, description="int8 transformer weights (bitsandbytes, CUDA only).")

@@ -67,6 +67,7 @@ class LiveSession:
         self.frames_out = 0
         self.closed = False
         self.close_reason: str | None = None
+        self.reanchors = 0  # times the persona was re-anchored past the context window
 
     def push_pcm(self, pcm: np.ndarray) -> None:
         """Queue float32 mono 24 kHz samples; full 80 ms frames go to the tick thread."""
@@ -165,7 +166,12 @@ class LoadedModels:
             raise BadSessionRequest(str(exc)) from exc
         voice = self.library.prepare(spec.voice or self.config.default_voice)
         tokens = [int(t) for t in self.bundle.tokenizer.encode(wrap_system_prompt(persona))]
-        return PreparedPrompt(voice=voice, tokens=tokens)
+        prompt = PreparedPrompt(voice=voice, tokens=tokens)
+        room = self.bundle.context - self.config.reanchor_margin
+        if prompt.length >= room:
+            raise BadSessionRequest(f"The voice and text prompt take {prompt.length} frames; the model's context "
+                                    f"leaves {room}: use a shorter prompt or voice.")
+        return prompt
 
 
 class EngineRuntime:
@@ -187,6 +193,7 @@ class EngineRuntime:
         self.deadline_misses = 0
         self.sessions_started = 0
         self.sessions_rejected = 0
+        self.reanchors = 0
         self._thread = threading.Thread(target=self._run, name="bizra-engine-tick", daemon=True)
         self._thread.start()
 
@@ -198,7 +205,9 @@ class EngineRuntime:
         from bizra_voice.engine.batched import BatchedEngine
 
         models = LoadedModels.load(config)
-        runtime = cls(BatchedEngine(models.bundle, config.slots), models)
+        engine = BatchedEngine(models.bundle, config.slots)
+        engine.keep_history(config.reanchor_history, config.reanchor_margin)
+        runtime = cls(engine, models)
         log.info("engine ready: %s on %s (%s), %d slots, %d voices", models.bundle.files.source,
                  models.bundle.device, models.bundle.dtype, config.slots, len(models.library.catalog))
         return runtime
@@ -240,6 +249,7 @@ class EngineRuntime:
             "ticks": self.ticks, "deadline_misses": self.deadline_misses,
             "tick_ms_p50": round(_ms_quantile(ticks, 0.5), 3), "tick_ms_p99": round(_ms_quantile(ticks, 0.99), 3),
             "sessions_started": self.sessions_started, "sessions_rejected": self.sessions_rejected,
+            "reanchors": self.reanchors,
         }
 
     def shutdown(self) -> None:
@@ -338,3 +348,7 @@ class EngineRuntime:
                               agent_codes=result.agent[slot].copy(), tick_ms=tick_ms, guided=guided)
             state.produced += 1
             state.session._loop.call_soon_threadsafe(state.session._deliver, out)
+            if self.engine.needs_reanchor(slot):
+                self.engine.reanchor(slot)
+                state.session.reanchors += 1
+                self.reanchors += 1
