@@ -214,6 +214,11 @@ class EngineRuntime:
 
     # ---- public API (event loop) ----------------------------------------------------------------------
     @property
+    def alive(self) -> bool:
+        """False once the tick thread has stopped (shutdown or a fatal error): the replica is unhealthy."""
+        return self._thread.is_alive()
+
+    @property
     def active_sessions(self) -> int:
         return self._slots.used
 

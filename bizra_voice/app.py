@@ -1,0 +1,91 @@
+"""``build_app``: the one typed builder behind ``serve_config.yaml`` and ``serve_config.cpu.yaml``.
+
+``import_path: bizra_voice.app:build_app``; the YAML's ``args:`` is an ``AppConfig``. Deployment sizing
+(GPU fractions, ``max_ongoing_requests`` from the slot count, autoscaling bounds) follows from it here,
+so the YAML holds product settings only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from bizra_voice.config import CPU_DEV_WARNING, AppConfig
+from bizra_voice.serve import preflight
+
+log = logging.getLogger("ray.serve")
+
+
+def _check_resources(config: AppConfig) -> None:
+    """Fail fast, in one sentence, when a GPU profile is started where no GPU exists.
+
+    The cluster must declare GPUs; and on a single-node cluster whose engine wants CUDA, torch must see
+    one too (declared-but-absent GPUs are only valid with ``engine.device: cpu``, as the scaling test uses).
+    """
+    if not config.needs_gpu:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        if not preflight.local_cuda():
+            preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+        return
+    if preflight.cluster_gpus() <= 0:
+        preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+    single_node = len([n for n in ray.nodes() if n.get("Alive")]) <= 1
+    if config.engine.device != "cpu" and single_node and not preflight.local_cuda():
+        preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+
+
+def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+    """Ray Serve options of each deployment, derived from the app config (pure; unit-tested)."""
+    slots = config.engine.slots
+    vs = config.voice_server
+    voice: dict[str, Any] = {
+        "max_ongoing_requests": vs.max_ongoing_requests(slots),
+        "ray_actor_options": {"num_gpus": vs.num_gpus, "num_cpus": vs.num_cpus},
+        "health_check_period_s": 10.0,
+        "graceful_shutdown_timeout_s": 20.0,
+    }
+    autoscaling = vs.autoscaling_config(slots)
+    if autoscaling is None:
+        voice["num_replicas"] = vs.min_replicas or 1
+    else:
+        voice["autoscaling_config"] = autoscaling
+    qwen = {
+        "num_replicas": config.qwen.num_replicas,
+        "max_ongoing_requests": config.qwen.max_ongoing_requests,
+        "ray_actor_options": {"num_gpus": config.qwen.num_gpus, "num_cpus": config.qwen.num_cpus},
+    }
+    router = {"num_replicas": 1, "max_ongoing_requests": 1000,
+              "ray_actor_options": {"num_cpus": config.router.num_cpus}}
+    return {"VoiceServer": voice, "QwenKnowledge": qwen, "ModeRouter": router}
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge."""
+    try:
+        config = AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"Invalid BIZRA Voice config at args.{where}: {first['msg']}.") from None
+    _check_resources(config)
+    if config.cpu_dev:
+        log.warning(CPU_DEV_WARNING)
+
+    from bizra_voice.serve.mode_router import ModeRouter
+    from bizra_voice.serve.qwen import QwenKnowledge
+    from bizra_voice.serve.voice_server import VoiceServer
+
+    opts = deployment_options(config)
+    qwen = None
+    if config.qwen.enabled:
+        qwen_cfg = config.qwen.model_dump()
+        model_dir = str(config.tiny_qwen_dir) if config.qwen.tiny_random else None
+        qwen = QwenKnowledge.options(**opts["QwenKnowledge"]).bind(qwen_cfg, model_dir)
+    router = ModeRouter.options(**opts["ModeRouter"]).bind(config.router.model_dump(), qwen)
+    return VoiceServer.options(**opts["VoiceServer"]).bind(config.model_dump(mode="json"), router, qwen)

@@ -1,0 +1,53 @@
+"""ModeRouter: gathers Qwen's health and load and applies the pure ``ModeRouterPolicy``.
+
+Called once per session now (``decide_session``) and per user turn by hybrid mode (``decide_turn``);
+both are short stateless calls, which suits Ray Serve handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from bizra_voice.config import RouterConfig
+from bizra_voice.router_policy import ModeRouterPolicy, QwenStatus, RouterPolicyConfig
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="ModeRouter")
+class ModeRouter:
+    def __init__(self, config: dict, qwen=None) -> None:
+        self.config = RouterConfig.model_validate(config)
+        self.policy = ModeRouterPolicy(RouterPolicyConfig(
+            allow_hybrid=self.config.allow_hybrid, max_load=self.config.max_load,
+            deadline_ms=self.config.deadline_ms))
+        self.qwen = qwen
+
+    async def qwen_status(self) -> QwenStatus:
+        if self.qwen is None:
+            return QwenStatus(enabled=False, healthy=False, detail="not deployed")
+        try:
+            raw = await asyncio.wait_for(self.qwen.status.remote(), timeout=self.config.status_timeout_s)
+        except asyncio.TimeoutError:
+            return QwenStatus(healthy=False, detail=f"no status within {self.config.status_timeout_s:g} s")
+        except Exception as exc:  # a dead or failing replica must not take sessions down with it
+            return QwenStatus(healthy=False, detail=type(exc).__name__)
+        return QwenStatus(enabled=bool(raw.get("enabled", True)), healthy=bool(raw.get("healthy", False)),
+                          ongoing=int(raw.get("ongoing", 0)), capacity=int(raw.get("capacity", 1)),
+                          latency_ms=raw.get("latency_ms"))
+
+    async def decide_session(self, requested: str) -> dict:
+        decision = self.policy.decide_session(requested, await self.qwen_status())
+        return decision.as_event("router.session")
+
+    async def decide_turn(self, requested: str, turn_text: str) -> dict:
+        decision = self.policy.decide_turn(requested, turn_text, await self.qwen_status())
+        return decision.as_event("router.decision")
+
+    async def health(self) -> dict:
+        status = await self.qwen_status()
+        return {"enabled": status.enabled, "healthy": status.healthy, "ongoing": status.ongoing,
+                "capacity": status.capacity, "detail": status.detail}

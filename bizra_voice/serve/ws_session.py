@@ -1,0 +1,218 @@
+"""One ``/api/chat`` WebSocket session on the replica that owns its engine slot.
+
+Receiver: 0x01 Ogg/Opus -> PCM -> ``session.push_pcm``; 0x04 JSON -> client event handlers.
+Sender: ``session.next_output()`` -> 0x01 Ogg/Opus + 0x02 text. A stats task sends ``session.stats``.
+Errors reach the client as 0x05 plus a close code (1008 bad request, 1013 at capacity, 1011 internal).
+Framework-light on purpose: it needs only ``receive()``/``send_bytes()``/``close()`` of a Starlette
+WebSocket, so the same loop can be driven by other transports later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bizra_voice import protocol as P
+from bizra_voice.audio import InvalidAudio, OggOpusDecoder, OggOpusEncoder
+from bizra_voice.engine.api import SessionClosed
+
+log = logging.getLogger("ray.serve")
+
+ClientEventHandler = Callable[["ChatSession", dict[str, Any]], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected."""
+
+
+class ClientProtocolError(Exception):
+    """The client broke the protocol; the text goes back as 0x05 with close 1008."""
+
+
+@dataclass
+class SessionRecord:
+    """TEST HOOK data: what the engine was fed and what it produced (written when debug recording is on)."""
+
+    input_pcm: list[np.ndarray] = field(default_factory=list)
+    text_tokens: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        pcm = np.concatenate(self.input_pcm) if self.input_pcm else np.zeros(0, np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, input_pcm=pcm.astype(np.float32), text_tokens=np.asarray(self.text_tokens, np.int64),
+                 frames=np.asarray(self.frames, np.int64))
+        tmp.replace(path)
+
+
+class Outbox:
+    """Serialises sends from the sender, receiver and stats tasks onto one WebSocket."""
+
+    def __init__(self, ws) -> None:
+        self._ws = ws
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise ClientGone()
+        async with self._lock:
+            try:
+                await self._ws.send_bytes(data)
+            except Exception as exc:  # starlette raises several types once the peer is gone
+                self.closed = True
+                raise ClientGone() from exc
+
+    async def event(self, event: dict[str, Any]) -> None:
+        await self.send(P.metadata(event))
+
+    async def fail(self, message: str, code: int) -> None:
+        """Send 0x05 + close with ``code``; never raises (the client may already be gone)."""
+        if self.closed:
+            return
+        try:
+            async with self._lock:
+                await self._ws.send_bytes(P.error(message))
+                await self._ws.close(code=code, reason=message[:120])
+        except Exception:
+            pass
+        self.closed = True
+
+    async def close(self, code: int = P.CloseCode.NORMAL) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            async with self._lock:
+                await self._ws.close(code=code)
+        except Exception:
+            pass
+
+
+class ChatSession:
+    """Runs one live engine session against one WebSocket until either side ends it."""
+
+    def __init__(self, ws, outbox: Outbox, live, *, stats_interval_s: float = 2.0,
+                 stats_source: Callable[[], dict] | None = None, record: SessionRecord | None = None,
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES) -> None:
+        self.ws = ws
+        self.out = outbox
+        self.live = live
+        self.stats_interval_s = stats_interval_s
+        self.stats_source = stats_source
+        self.record = record
+        self.max_message_bytes = max_message_bytes
+        self.decoder = OggOpusDecoder()
+        self.encoder = OggOpusEncoder()
+        self.frames_in_samples = 0
+        self.frames_out = 0
+        self.text_pieces = 0
+        self.started = time.monotonic()
+        self.handlers: dict[str, ClientEventHandler] = {"client.ping": ChatSession._on_client_ping}
+
+    def on(self, event_type: str, handler: ClientEventHandler) -> None:
+        """Register a handler for a client JSON event type (e.g. hybrid mode's ``user.text``)."""
+        self.handlers[event_type] = handler
+
+    async def _on_client_ping(self, event: dict[str, Any]) -> None:
+        await self.out.event({"type": "client.pong", "t": event.get("t")})
+
+    async def receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise ClientGone()
+            data = message.get("bytes")
+            if data is None:
+                raise ClientProtocolError("text WebSocket frames are not part of the protocol; send binary")
+            try:
+                msg = P.decode(data, self.max_message_bytes)
+            except P.ProtocolError as exc:
+                raise ClientProtocolError(str(exc)) from None
+            if msg.kind == P.Kind.AUDIO:
+                try:
+                    pcm = self.decoder.decode(msg.payload)
+                except InvalidAudio as exc:
+                    raise ClientProtocolError(str(exc)) from None
+                if pcm.size:
+                    self.frames_in_samples += int(pcm.size)
+                    if self.record is not None:
+                        self.record.input_pcm.append(pcm)
+                    self.live.push_pcm(pcm)
+            elif msg.kind == P.Kind.METADATA:
+                try:
+                    event = msg.json()
+                except P.ProtocolError as exc:
+                    raise ClientProtocolError(str(exc)) from None
+                handler = self.handlers.get(str(event.get("type")))
+                if handler is not None:
+                    await handler(self, event)
+            elif msg.kind in (P.Kind.PING, P.Kind.CONTROL):
+                continue
+            else:
+                raise ClientProtocolError(f"clients may not send {msg.kind.name.lower()} messages")
+
+    async def send_loop(self) -> None:
+        while True:
+            try:
+                out = await self.live.next_output()
+            except SessionClosed:
+                return
+            ogg = self.encoder.encode(out.pcm)
+            if ogg:
+                await self.out.send(P.audio(ogg))
+            self.frames_out += 1
+            if self.record is not None:
+                self.record.text_tokens.append(int(out.text_token))
+                self.record.frames.append(int(out.frame))
+            if out.text:
+                self.text_pieces += 1
+                await self.out.send(P.text(out.text))
+
+    def stats(self) -> dict[str, Any]:
+        event = {
+            "type": "session.stats",
+            "session_id": self.live.session_id,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "audio_in_s": round(self.frames_in_samples / 24000.0, 3),
+            "frames_out": self.frames_out,
+            "text_pieces": self.text_pieces,
+        }
+        if self.stats_source is not None:
+            event["engine"] = self.stats_source()
+        return event
+
+    async def stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval_s)
+            await self.out.event(self.stats())
+
+    async def run(self) -> None:
+        """Run until the client leaves, breaks the protocol, or the engine ends the session."""
+        tasks = [asyncio.create_task(c) for c in (self.receive_loop(), self.send_loop(), self.stats_loop())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is None or isinstance(exc, ClientGone):
+                continue
+            if isinstance(exc, ClientProtocolError):
+                await self.out.fail(str(exc), P.CloseCode.BAD_REQUEST)
+                return
+            log.error("session %s failed", self.live.session_id, exc_info=exc)
+            await self.out.fail("internal server error; the session was closed", P.CloseCode.INTERNAL)
+            return
+        await self.out.close(P.CloseCode.NORMAL)
+

@@ -1,0 +1,136 @@
+"""Validation of the ``/api/chat`` query parameters (pure: pydantic only).
+
+Accepts what PersonaPlex/moshi web clients send (``text_prompt``, ``voice_prompt`` such as ``NATF2.pt``,
+``text_temperature``, ``text_topk``, ``audio_temperature``, ``audio_topk``, ``text_seed``/``audio_seed``,
+``pad_mult``, ``repetition_penalty``, ...) plus ours (``mode``, ``seed``, ``greedy``, ``record``,
+``token``). Parameters we do not use are ignored so an old client still connects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bizra_voice import constants as C
+
+Mode = Literal["standalone", "hybrid", "auto"]
+
+VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_VOICE_SUFFIXES = (".pt", ".wav")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class BadParams(ValueError):
+    """The query parameters are invalid; ``str(exc)`` is one sentence for the client (0x05, close 1008)."""
+
+
+def normalize_voice(value: str) -> str:
+    """``NATF2.pt`` / ``NATF2.wav`` / ``NATF2`` -> ``NATF2``; anything path-like is refused."""
+    name = value.strip()
+    for suffix in _VOICE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if not VOICE_NAME.match(name):
+        raise ValueError("voice_prompt must be a voice name such as NATF2 or NATF2.pt (letters, digits, _ and -)")
+    return name
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (1/0/true/false), got {value!r}")
+
+
+class SessionParams(BaseModel):
+    """One session's request, as validated from the WebSocket URL's query string."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    text_prompt: str | None = Field(None, description="Persona; empty or missing = the server's default.")
+    voice_prompt: str | None = Field(None, description="Voice name; missing = the server's default.")
+    text_temperature: float = Field(C.TEXT_TEMPERATURE, ge=0.0, le=5.0, allow_inf_nan=False)
+    text_topk: int = Field(C.TEXT_TOPK, ge=1, le=5000)
+    audio_temperature: float = Field(C.AUDIO_TEMPERATURE, ge=0.0, le=5.0, allow_inf_nan=False)
+    audio_topk: int = Field(C.AUDIO_TOPK, ge=1, le=5000)
+    seed: int | None = Field(None, description="Sampling seed; -1 or missing = random.")
+    greedy: bool = False
+    mode: Mode = "auto"
+    record: bool = False
+    token: str | None = Field(None, max_length=512)
+
+    @field_validator("text_prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if "\x00" in value:
+            raise ValueError("text_prompt must not contain NUL characters")
+        if len(value) > C.MAX_PROMPT_CHARS:
+            raise ValueError(f"text_prompt is longer than {C.MAX_PROMPT_CHARS} characters")
+        return value or None
+
+    @field_validator("voice_prompt")
+    @classmethod
+    def _voice(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return normalize_voice(value)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is None or value == -1:
+            return None
+        if not 0 <= value < 2**63:
+            raise ValueError("must be -1 (random) or a non-negative 63-bit integer")
+        return value
+
+    @field_validator("greedy", "record", mode="before")
+    @classmethod
+    def _bool(cls, value: Any) -> bool:
+        return _flag(value)
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> SessionParams:
+        """Validate a query mapping; ``seed`` falls back to PersonaPlex's ``text_seed``. Raises BadParams."""
+        data: dict[str, Any] = dict(query)
+        if "seed" not in data and "text_seed" in data:
+            data["seed"] = data["text_seed"]
+        if isinstance(data.get("mode"), str):
+            data["mode"] = data["mode"].strip().lower()
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise BadParams(_one_sentence(exc)) from None
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the engine's ``SamplingParams``."""
+        return {
+            "text_temperature": self.text_temperature,
+            "text_topk": self.text_topk,
+            "audio_temperature": self.audio_temperature,
+            "audio_topk": self.audio_topk,
+            "seed": self.seed,
+            "greedy": self.greedy,
+        }
+
+
+def _one_sentence(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "query"
+    msg = first.get("msg", "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    value = first.get("input")
+    shown = repr(value) if isinstance(value, (str, int, float)) and len(str(value)) <= 40 else "the given value"
+    return f"Invalid query parameter {field} ({shown}): {msg}."

@@ -1,0 +1,232 @@
+// BIZRA Voice browser client: wires the form, the audio engine, the codec pipeline and the chat
+// session together. Each piece lives in its own module; this file only decides what happens when.
+
+import { AudioEngine, describeMicError } from './audio/audio-engine.js';
+import { OpusOggEncoder, opusEncoderConfig } from './audio/opus-encoder.js';
+import { OggOpusDecoder } from './audio/opus-decoder.js';
+import { ChatSession } from './session.js';
+import { concatBytes } from './core/ogg.js';
+import { voicePromptParam } from './core/protocol.js';
+import { EnergyVad } from './core/vad.js';
+import { RttMeter } from './core/rtt.js';
+import { ConversationLog } from './ui/conversation.js';
+import { StatusView } from './ui/status.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $('session-form'), connect: $('connect'), voice: $('voice'), mode: $('mode'), persona: $('persona'),
+  record: $('record'), ask: $('ask'), askSend: $('ask-send'), askForm: $('ask-form'), error: $('error'),
+  devBanner: $('dev-banner'), recording: $('recording'), micLevel: $('mic-level'), sessionInfo: $('session-info'),
+  numbers: ['text_temperature', 'text_topk', 'audio_temperature', 'audio_topk', 'seed'].map((id) => $(id)),
+};
+const log = new ConversationLog($('conversation'));
+const status = new StatusView(document);
+const pageParams = new URLSearchParams(location.search);
+
+let call = null; // everything that lives for one connection
+
+function showError(message) {
+  ui.error.textContent = message;
+  ui.error.hidden = !message;
+}
+
+function setBusyControls(busy) {
+  for (const el of [ui.voice, ui.mode, ui.persona, ui.record, ...ui.numbers]) el.disabled = busy;
+  const live = Boolean(call && call.session && call.session.live);
+  ui.ask.disabled = ui.askSend.disabled = !live;
+  ui.connect.querySelector('.label').textContent = !busy ? 'Connect and talk' : live ? 'Disconnect' : 'Cancel';
+}
+
+function sessionParams() {
+  const value = (id) => $(id).value.trim();
+  return {
+    text_prompt: ui.persona.value.trim(),
+    voice_prompt: voicePromptParam(ui.voice.value),
+    mode: ui.mode.value,
+    text_temperature: value('text_temperature'),
+    text_topk: value('text_topk'),
+    audio_temperature: value('audio_temperature'),
+    audio_topk: value('audio_topk'),
+    seed: value('seed'),
+    token: pageParams.get('token') || undefined,
+    record: ui.record.checked ? 1 : 0,
+  };
+}
+
+function capabilityProblem() {
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    return 'The microphone needs a secure page: open BIZRA over https:// or on http://localhost.';
+  }
+  if (typeof AudioEncoder === 'undefined' || typeof AudioDecoder === 'undefined' || typeof AudioWorkletNode === 'undefined') {
+    return 'This browser lacks WebCodecs audio or AudioWorklet. Use a current Chrome, Edge, Firefox or Safari.';
+  }
+  return null;
+}
+
+async function connect() {
+  showError('');
+  const problem = capabilityProblem();
+  if (problem) { status.setState('error', 'Cannot start'); showError(problem); return; }
+  const params = sessionParams();
+  if (!params.text_prompt) { showError('The persona is empty: describe who BIZRA should be.'); ui.persona.focus(); return; }
+
+  const c = {
+    engine: new AudioEngine(), vad: new EnergyVad(), rtt: new RttMeter(), encoder: null, decoder: null,
+    session: null, userClosed: false, framesSent: 0, framesReceived: 0, bufferMs: 0, flushes: 0, underruns: 0, tickMs: null,
+  };
+  call = c;
+  log.clear();
+  ui.sessionInfo.textContent = '';
+  status.setState('connecting', 'Starting the microphone…');
+  setBusyControls(true);
+
+  let encoderConfig;
+  try {
+    await c.engine.start();
+    encoderConfig = await opusEncoderConfig();
+  } catch (err) {
+    await teardown(c);
+    status.setState('error', 'Microphone unavailable');
+    showError(err.name ? describeMicError(err) : String(err.message || err));
+    return;
+  }
+  if (call !== c) return; // cancelled while the permission prompt was open
+
+  c.decoder = new OggOpusDecoder((samples, rate) => {
+    c.engine.play(samples, rate);
+    c.rtt.onFramesDecoded(c.decoder.framesDecoded, performance.now());
+  }, (err) => fail(c, `Audio decoding failed: ${err.message}`));
+  c.engine.onPlaybackStats = (s) => { c.bufferMs = s.bufferedMs; c.flushes = s.flushes; c.underruns = s.underruns; };
+  c.engine.onFrame = (frame) => onMicFrame(c, frame);
+
+  c.session = new ChatSession({
+    onHandshake: () => {
+      c.encoder = new OpusOggEncoder(encoderConfig, (pages) => {
+        if (c.session.sendAudio(concatBytes(pages))) c.rtt.onFrameSent(c.framesSent++, performance.now());
+      }, (err) => fail(c, `Audio encoding failed: ${err.message}`));
+      status.setState('connected', 'Connected: speak any time');
+      setBusyControls(true);
+    },
+    onAudio: (bytes) => { c.framesReceived++; c.decoder.push(bytes); },
+    onText: (piece) => log.assistantText(piece),
+    onEvent: (ev) => onServerEvent(c, ev),
+    onServerError: (text) => showError(`Server error: ${text}`),
+    onClose: (info) => onClosed(c, info),
+  });
+  status.setState('waiting', 'Connecting: BIZRA is reading its persona…');
+  c.session.open(location.href, params);
+}
+
+function onMicFrame(c, frame) {
+  const { onset, db } = c.vad.process(frame);
+  ui.micLevel.value = Math.max(-70, db);
+  if (!c.session || !c.session.live || !c.encoder) return; // nothing may be sent before the handshake
+  // Barge-in: the user started speaking, so stop BIZRA's queued speech now rather than one RTT later.
+  if (onset && c.bufferMs > 0) c.engine.flush();
+  c.encoder.encode(frame);
+}
+
+function onServerEvent(c, ev) {
+  switch (ev.type) {
+    case 'session.started':
+      ui.devBanner.hidden = !ev.cpu_dev_profile;
+      ui.sessionInfo.textContent = [
+        ev.voice && `Voice ${ev.voice}`, ev.mode && `mode ${ev.mode}`, ev.reason,
+        ev.replica != null && `replica ${ev.replica}`, ev.slot != null && `slot ${ev.slot}`,
+      ].filter(Boolean).join(' · ');
+      break;
+    case 'session.stats': c.tickMs = ev.tick_ms_p50 ?? ev.engine?.tick_ms_p50 ?? c.tickMs; break;
+    case 'client.pong': c.rtt.onPong(Number(ev.t), performance.now()); break;
+    case 'transcript.user': if (ev.text) log.user(ev.text); break;
+    case 'router.decision': log.router(ev); break;
+    case 'knowledge.answer': log.knowledgeAnswer(ev); break;
+    case 'recording': ui.recording.hidden = !ev.on; break;
+    case 'playback.flush': c.engine.flush(); break;
+    default: break; // newer servers may send more; older clients must not break on them
+  }
+}
+
+function fail(c, message) {
+  showError(message);
+  c.failed = true;
+  c.session?.close();
+}
+
+async function onClosed(c, { message, wasLive }) {
+  await teardown(c);
+  if (c.userClosed) { status.setState('closed', 'Disconnected'); return; }
+  if (c.failed) { status.setState('error', 'Stopped after an error'); return; }
+  if (message) {
+    status.setState('error', wasLive ? 'Connection ended' : 'Could not connect');
+    showError(message);
+  } else {
+    status.setState('closed', 'Session ended');
+  }
+}
+
+async function teardown(c) {
+  c.encoder?.close();
+  c.decoder?.close();
+  await c.engine.stop();
+  if (call === c) { call = null; setBusyControls(false); }
+}
+
+async function disconnect() {
+  const c = call;
+  if (!c) return;
+  c.userClosed = true;
+  if (c.session && c.session.ws) c.session.close();
+  else { await teardown(c); status.setState('closed', 'Disconnected'); }
+}
+
+ui.form.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  if (call) disconnect(); else connect();
+});
+
+ui.askForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = ui.ask.value.trim();
+  if (!text || !call || !call.session.sendEvent({ type: 'user.text', text })) return;
+  log.user(text, { typed: true });
+  ui.ask.value = '';
+});
+
+setInterval(() => {
+  const c = call;
+  status.update({
+    framesSent: c ? c.framesSent : Number(document.body.dataset.framesSent),
+    framesReceived: c ? c.framesReceived : Number(document.body.dataset.framesReceived),
+    framesDecoded: c && c.decoder ? c.decoder.framesDecoded : Number(document.body.dataset.framesDecoded),
+    rttMs: c ? c.rtt.rttMs : (document.body.dataset.rttMs || null),
+    rttSource: c ? c.rtt.source : null,
+    bufferMs: c ? c.bufferMs : 0,
+    textChars: log.textChars,
+    flushes: c ? c.flushes : Number(document.body.dataset.flushes),
+    underruns: c ? c.underruns : Number(document.body.dataset.underruns),
+    tickMs: c ? c.tickMs : null,
+  });
+}, 250);
+
+async function loadServerInfo() {
+  try {
+    const res = await fetch('api/voices');
+    if (res.ok) {
+      const { voices = [], default: def } = await res.json();
+      if (voices.length) {
+        ui.voice.replaceChildren(...voices.map((v) => {
+          const name = typeof v === 'string' ? v : v.name;
+          const opt = new Option(v.kind && v.kind !== 'preset' ? `${name} (${v.kind})` : name, name);
+          opt.selected = name === def;
+          return opt;
+        }));
+      }
+    }
+  } catch { /* a server without api/voices (PersonaPlex's own) still works with the default voice */ }
+  try {
+    const res = await fetch('api/health');
+    if (res.ok) ui.devBanner.hidden = !(await res.json()).cpu_dev_profile;
+  } catch { /* health is informational */ }
+}
+
+loadServerInfo();

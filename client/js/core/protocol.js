@@ -1,0 +1,93 @@
+// Moshi/PersonaPlex wire protocol: every binary WebSocket message is one kind byte + payload.
+// Kept byte-compatible with moshi's server so this client also talks to PersonaPlex itself.
+
+export const Kind = Object.freeze({
+  HANDSHAKE: 0x00,
+  AUDIO: 0x01,
+  TEXT: 0x02,
+  CONTROL: 0x03,
+  METADATA: 0x04,
+  ERROR: 0x05,
+  PING: 0x06,
+});
+
+const KIND_NAMES = Object.fromEntries(Object.entries(Kind).map(([k, v]) => [v, k.toLowerCase()]));
+
+const utf8Encoder = new TextEncoder();
+
+/** Prefix `payload` (Uint8Array) with the kind byte. */
+export function encodeMessage(kind, payload = new Uint8Array(0)) {
+  const out = new Uint8Array(1 + payload.length);
+  out[0] = kind;
+  out.set(payload, 1);
+  return out;
+}
+
+export const encodeAudio = (oggBytes) => encodeMessage(Kind.AUDIO, oggBytes);
+export const encodeMetadata = (obj) => encodeMessage(Kind.METADATA, utf8Encoder.encode(JSON.stringify(obj)));
+
+/**
+ * Split a received binary message into {kind, name, payload}. Text, error and metadata payloads are
+ * decoded here so the caller never touches UTF-8; a malformed metadata JSON is reported as `error`.
+ */
+export function decodeMessage(buffer) {
+  const bytes = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
+  if (bytes.length === 0) throw new Error('empty message');
+  const kind = bytes[0];
+  const payload = bytes.subarray(1);
+  const name = KIND_NAMES[kind];
+  if (name === undefined) throw new Error(`unknown message kind 0x${kind.toString(16).padStart(2, '0')}`);
+  const msg = { kind, name, payload };
+  if (kind === Kind.TEXT || kind === Kind.ERROR) {
+    // A fresh decoder per message: the server sends whole UTF-8 pieces, never split code points.
+    msg.text = new TextDecoder('utf-8').decode(payload);
+  } else if (kind === Kind.METADATA) {
+    const raw = new TextDecoder('utf-8').decode(payload);
+    try {
+      msg.json = JSON.parse(raw);
+    } catch {
+      msg.json = null;
+      msg.raw = raw;
+    }
+  }
+  return msg;
+}
+
+/** Is this exactly the handshake message b"\x00"? */
+export const isHandshake = (bytes) => bytes.length === 1 && bytes[0] === Kind.HANDSHAKE;
+
+/**
+ * Build the /api/chat WebSocket URL next to the page that serves the client, so the same files work
+ * behind any host, port or path prefix. `pageUrl` is `location.href`.
+ */
+export function buildChatUrl(pageUrl, params) {
+  const url = new URL('api/chat', pageUrl);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.hash = '';
+  url.search = '';
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === null || value === '') continue;
+    url.searchParams.set(key, String(value));
+  }
+  return url.toString();
+}
+
+/** PersonaPlex's clients name preset voices by their file ("NATM1.pt"); a bare name is also accepted. */
+export function voicePromptParam(voice) {
+  if (!voice) return '';
+  return /\.(pt|wav)$/i.test(voice) ? voice : `${voice}.pt`;
+}
+
+/** Close codes the server uses, in words a person can act on. */
+export function describeClose(code, reason) {
+  const why = reason ? `: ${reason}` : '';
+  switch (code) {
+    case 1000: return null;
+    case 1008: return `The server rejected the request${why || ' (bad request)'}.`;
+    case 1013: return 'BIZRA is at capacity: every session slot is busy. Try again in a minute.';
+    case 1011: return `Server error${why || ' (internal)'}.`;
+    case 4401: return `Not authorized${why}. Open this page with a valid ?token=… in its address.`;
+    case 1006: return 'Connection lost (the server closed it without a reason, or could not be reached).';
+    default: return `Connection closed (code ${code})${why}.`;
+  }
+}

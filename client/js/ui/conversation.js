@@ -1,0 +1,79 @@
+// The conversation log: a growing assistant bubble for the monologue text, and separate entries
+// for what the user said or typed, router decisions and knowledge answers (from 0x04 events).
+
+export class ConversationLog {
+  constructor(el) {
+    this.el = el;
+    this.assistant = null; // the bubble the next text piece appends to
+    this.knowledge = new Map(); // turn → entry
+    this.textChars = 0;
+  }
+
+  clear() {
+    this.el.replaceChildren();
+    this.assistant = null;
+    this.knowledge.clear();
+    this.textChars = 0;
+  }
+
+  entry(kind, who, text) {
+    const div = document.createElement('div');
+    div.className = `entry ${kind}`;
+    div.dir = 'auto';
+    if (who) {
+      const label = document.createElement('span');
+      label.className = 'who';
+      label.textContent = who;
+      div.append(label);
+    }
+    const body = document.createElement('span');
+    body.className = 'text';
+    body.textContent = text;
+    div.append(body);
+    this.el.querySelector('.empty')?.remove();
+    this.el.append(div);
+    this.scroll();
+    return body;
+  }
+
+  scroll() {
+    // Follow new text only if the reader is already at the bottom (don't yank them while reading).
+    const nearBottom = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 80;
+    if (nearBottom) this.el.scrollTop = this.el.scrollHeight;
+  }
+
+  /** A piece of the assistant's inner monologue, appended verbatim. */
+  assistantText(piece) {
+    if (!this.assistant) this.assistant = this.entry('assistant', 'BIZRA', '');
+    this.assistant.textContent += piece;
+    this.textChars += piece.length;
+    this.scroll();
+  }
+
+  user(text, { typed = false } = {}) {
+    this.entry('user', typed ? 'You (typed)' : 'You', text);
+    this.assistant = null; // BIZRA's reply starts a new bubble
+  }
+
+  router({ mode, reason }) {
+    this.entry('router', '', `Routed to ${mode}${reason ? ` — ${reason}` : ''}`);
+  }
+
+  /** Knowledge answers may stream: pieces append, a cumulative text replaces. */
+  knowledgeAnswer({ text = '', turn, done }) {
+    let body = this.knowledge.get(turn);
+    if (!body) {
+      body = this.entry('knowledge', 'Knowledge', '');
+      this.knowledge.set(turn, body);
+      this.assistant = null;
+    }
+    const current = body.textContent;
+    body.textContent = text.startsWith(current) ? text : current + text;
+    if (done) body.parentElement.dataset.done = 'true';
+    this.scroll();
+  }
+
+  note(text) {
+    this.entry('router', '', text);
+  }
+}

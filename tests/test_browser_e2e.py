@@ -1,0 +1,104 @@
+"""Bundled browser client, end to end: headless Debian Chromium with a fake microphone playing a
+speech WAV talks to a running CPU-profile server through the real page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SPEECH_WAV = SHARED / "audio" / "user_turn_en.wav"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+MIN_FRAMES = 50
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def base_url(request) -> str:
+    """BIZRA_E2E_BASE_URL points the test at an already running server; otherwise the CPU-profile
+    server fixture from conftest.py starts one."""
+    url = os.environ.get("BIZRA_E2E_BASE_URL")
+    if url:
+        return url.rstrip("/") + "/"
+    return str(request.getfixturevalue("cpu_server")).rstrip("/") + "/"
+
+
+def _counters(page) -> dict:
+    return page.evaluate("() => ({...document.body.dataset})")
+
+
+def _diagnose(page, console_errors: list[str]) -> str:
+    """What the user would see: the state pill, the error banner, counters and console errors."""
+    shown = page.evaluate(
+        "() => ({pill: document.getElementById('connection').textContent,"
+        " error: document.getElementById('error').textContent})"
+    )
+    return f"page shows {shown}, counters {_counters(page)}, console errors {console_errors}"
+
+
+def test_browser_talks_to_server(base_url: str) -> None:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    if not SPEECH_WAV.exists():
+        pytest.skip(f"speech fixture missing: {SPEECH_WAV}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+
+    console_errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={SPEECH_WAV}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 860})
+            context.grant_permissions(["microphone"])
+            page = context.new_page()
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
+
+            page.goto(base_url, wait_until="networkidle")
+            page.get_by_role("button", name="Connect and talk").click()
+            try:
+                page.wait_for_selector('body[data-state="connected"]', state="attached", timeout=30_000)
+                page.wait_for_function(
+                    """(n) => {
+                        const d = document.body.dataset;
+                        return +d.framesSent >= n && +d.framesReceived >= n && +d.framesDecoded >= n
+                            && +d.textChars > 0 && d.rttMs !== '';
+                    }""",
+                    arg=MIN_FRAMES,
+                    timeout=40_000,
+                )
+                page.wait_for_timeout(1500)  # let the jitter buffer settle for the screenshot and counters
+            except sync_api.TimeoutError:
+                pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
+            finally:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser_e2e.png"), full_page=True)
+            counters = _counters(page)
+            transcript = page.locator(".entry.assistant .text").first.inner_text()
+            status_rtt = page.locator("#stat-rtt").inner_text()
+
+            page.get_by_role("button", name="Disconnect").click()
+            page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=10_000)
+        finally:
+            browser.close()
+
+    print(f"\nbrowser e2e: counters={counters} rtt shown={status_rtt!r} text={transcript[:60]!r}")
+    assert int(counters["framesSent"]) >= MIN_FRAMES
+    assert int(counters["framesReceived"]) >= MIN_FRAMES
+    assert int(counters["framesDecoded"]) >= MIN_FRAMES
+    assert transcript.strip(), "assistant text is shown"
+    assert status_rtt.endswith("ms") or "ms" in status_rtt
+    assert console_errors == [], f"console errors: {console_errors}"
