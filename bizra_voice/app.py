@@ -62,11 +62,14 @@ def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
     }
     router = {"num_replicas": 1, "max_ongoing_requests": 1000,
               "ray_actor_options": {"num_cpus": config.router.num_cpus}}
-    return {"VoiceServer": voice, "QwenKnowledge": qwen, "ModeRouter": router}
+    tr = config.transcriber
+    transcriber = {"num_replicas": tr.num_replicas, "max_ongoing_requests": tr.max_ongoing_requests,
+                   "ray_actor_options": {"num_gpus": tr.num_gpus, "num_cpus": tr.num_cpus}}
+    return {"VoiceServer": voice, "QwenKnowledge": qwen, "ModeRouter": router, "Transcriber": transcriber}
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge."""
+    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge (+ Transcriber)."""
     try:
         config = AppConfig.model_validate(args or {})
     except ValidationError as exc:
@@ -79,6 +82,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
     from bizra_voice.serve.mode_router import ModeRouter
     from bizra_voice.serve.qwen import QwenKnowledge
+    from bizra_voice.serve.transcriber import Transcriber
     from bizra_voice.serve.voice_server import VoiceServer
 
     opts = deployment_options(config)
@@ -88,4 +92,9 @@ def build_app(args: dict[str, Any]) -> Application:
         model_dir = str(config.tiny_qwen_dir) if config.qwen.tiny_random else None
         qwen = QwenKnowledge.options(**opts["QwenKnowledge"]).bind(qwen_cfg, model_dir)
     router = ModeRouter.options(**opts["ModeRouter"]).bind(config.router.model_dump(), qwen)
-    return VoiceServer.options(**opts["VoiceServer"]).bind(config.model_dump(mode="json"), router, qwen)
+    transcriber = None
+    if config.transcriber.enabled:
+        model_dir = str(config.tiny_whisper_dir) if config.transcriber.tiny_random else None
+        transcriber = Transcriber.options(**opts["Transcriber"]).bind(config.transcriber.model_dump(), model_dir)
+    return VoiceServer.options(**opts["VoiceServer"]).bind(config.model_dump(mode="json"), router, qwen,
+                                                           transcriber)

@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the real layout")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--seed", type=int, default=1234)
+
+    cert = sub.add_parser("make-cert", help="write a self-signed TLS certificate (cert.pem, key.pem) for LAN use")
+    cert.add_argument("folder", type=Path)
+    cert.add_argument("--host", action="append", dest="hosts", metavar="NAME_OR_IP",
+                      help="host name or IP the browser will use (repeatable; default: localhost + this host)")
     return parser
 
 
@@ -63,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
             folder = make_tiny(args.folder, args.seed)
             print(f"tiny random checkpoint written to {folder} (its audio is noise)")
+            return 0
+        if args.command == "make-cert":
+            from bizra_voice.tls import default_names, make_self_signed
+
+            files = make_self_signed(args.folder, (args.hosts or []) + default_names() if args.hosts else None)
+            print(f"self-signed certificate for {', '.join(files.names)}: {files.cert} (key {files.key})")
             return 0
     except (CheckpointError, EngineError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -86,12 +86,76 @@ class QwenConfig(_Strict):
                                               "CUDA allocator (fractional num_gpus does not cap memory).")
 
 
+class TranscriberConfig(_Strict):
+    """Speech-to-text of user turns (hybrid and auto sessions): a stateless Whisper deployment."""
+
+    enabled: bool = True
+    model: str = Field("openai/whisper-small", description="HF repo id or local folder of a Whisper checkpoint.")
+    tiny_random: bool = Field(False, description="Generate a tiny random Whisper + local tokenizer (CPU dev).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    language: str | None = Field("en", description="Whisper language code; None = detect (multilingual models).")
+    max_new_tokens: int = Field(96, ge=1, le=440)
+    num_gpus: float = Field(0.0, ge=0.0, le=8.0)
+    num_cpus: float = Field(0.0, ge=0.0)
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(8, ge=1)
+    gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class HybridConfig(_Strict):
+    """Per-session hybrid controller: user-turn detection, barge-in, memory, timeouts."""
+
+    vad_min_db: float = Field(-45.0, le=0.0, description="Absolute speech threshold (frame RMS, dBFS).")
+    vad_hangover_ms: float = Field(560.0, gt=0.0, description="Silence that ends a user turn.")
+    vad_early_end_ms: float = Field(240.0, gt=0.0, description="Silence that ends it once PersonaPlex speaks.")
+    barge_in: bool = Field(True, description="User speech cancels the rest of a guided answer.")
+    memory_turns: int = Field(16, ge=2, le=200)
+    context_turns: int = Field(6, ge=0, le=100, description="Recent turns given to Qwen as context.")
+    transcribe_timeout_s: float = Field(10.0, gt=0.0)
+    route_timeout_s: float = Field(2.0, gt=0.0)
+    answer_timeout_s: float = Field(30.0, gt=0.0, description="Longest a whole Qwen answer may stream.")
+
+
 class RouterConfig(_Strict):
     allow_hybrid: bool = True
     max_load: float = Field(1.0, gt=0.0)
     deadline_ms: float = Field(1500.0, gt=0.0)
     status_timeout_s: float = Field(1.0, gt=0.0, description="Time the router waits for Qwen's status.")
     num_cpus: float = Field(0.0, ge=0.0)
+
+
+class AccessConfig(_Strict):
+    """Who may use the endpoints (see bizra_voice/security.py). The bind address is Serve's
+    ``http_options.host`` (127.0.0.1 in both shipped profiles: loopback only)."""
+
+    token: str | None = Field(None, max_length=512, description="Shared access token for /api/* (query "
+                              "`token`, subprotocol `bizra-token.<token>` or Bearer); prefer token_env.")
+    token_env: str | None = Field("BIZRA_VOICE_TOKEN", description="Environment variable holding the token "
+                                  "(read in the replica); unset/empty = no token required.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Extra browser origins allowed, e.g. "
+                                       "https://voice.lan:8000; '*' = any. Same origin and localhost always.")
+    allow_localhost_origins: bool = True
+
+
+class ReliabilityConfig(_Strict):
+    """Back-pressure and drain (see bizra_voice/serve/backpressure.py and VoiceServer's drain)."""
+
+    outbound_max_frames: int = Field(25, ge=1, le=1000, description="Output frames that may wait for a slow "
+                                     "client before the oldest frame's audio is dropped.")
+    outbound_close_after_dropped: int = Field(125, ge=1, description="Dropped frames after which the session "
+                                              "is closed with 4408.")
+    drain_notice_s: float = Field(2.0, ge=0.0, le=15.0, description="On replica stop/downscale: time between "
+                                  "the session.draining event and the 1001 close.")
+
+
+class RecordingConfig(_Strict):
+    """Consent-gated recording (bizra_voice/recording.py): only sessions opened with ``record=1`` are stored,
+    and only while ``enabled``; nothing is written otherwise."""
+
+    enabled: bool = Field(False, description="Operator switch; off = no session is ever recorded.")
+    dir: str | None = Field(None, description="Where session folders go (default <cache_dir>/recordings).")
+    retention_days: float = Field(30.0, ge=0.0, description="Folders older than this are deleted (0 = keep).")
 
 
 class AppConfig(_Strict):
@@ -106,6 +170,11 @@ class AppConfig(_Strict):
     voice_server: VoiceServerConfig = Field(default_factory=VoiceServerConfig)
     qwen: QwenConfig = Field(default_factory=QwenConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    transcriber: TranscriberConfig = Field(default_factory=TranscriberConfig)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
 
     @model_validator(mode="after")
     def _cpu_dev_is_tiny(self) -> AppConfig:
@@ -126,5 +195,14 @@ class AppConfig(_Strict):
         return Path(self.cache_dir).expanduser() / "tiny-qwen2"
 
     @property
+    def recording_dir(self) -> Path:
+        return Path(self.recording.dir or Path(self.cache_dir) / "recordings").expanduser()
+
+    @property
+    def tiny_whisper_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() / "tiny-whisper"
+
+    @property
     def needs_gpu(self) -> bool:
-        return self.voice_server.num_gpus > 0 or (self.qwen.enabled and self.qwen.num_gpus > 0)
+        return (self.voice_server.num_gpus > 0 or (self.qwen.enabled and self.qwen.num_gpus > 0)
+                or (self.transcriber.enabled and self.transcriber.num_gpus > 0))

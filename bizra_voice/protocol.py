@@ -30,15 +30,28 @@ class CloseCode(IntEnum):
     """WebSocket close codes the server uses (RFC 6455 registry)."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001
-    BAD_REQUEST = 1008  # policy violation: invalid parameters or messages
-    TOO_BIG = 1009
+    GOING_AWAY = 1001  # this replica is draining (stop/downscale); reconnect
+    UNSUPPORTED = 1003  # a text WebSocket frame (the protocol is binary)
+    INVALID_PAYLOAD = 1007  # a metadata message that is not UTF-8 JSON
+    BAD_REQUEST = 1008  # policy violation: invalid parameters or messages, invalid audio
+    TOO_BIG = 1009  # a message over MAX_MESSAGE_BYTES
     INTERNAL = 1011
+    SERVICE_RESTART = 1012  # the replica holding the session failed or restarts; reconnect
     AT_CAPACITY = 1013  # "try again later"
+    UNAUTHORIZED = 4401  # missing or wrong token (HTTP 401 on REST)
+    FORBIDDEN_ORIGIN = 4403  # Origin not on the allow-list (HTTP 403 on REST)
+    TOO_SLOW = 4408  # the client stopped reading; the reason says how much output was dropped
 
 
 class ProtocolError(ValueError):
-    """A client message that does not follow the protocol (the text is sent back as a 0x05 error)."""
+    """A client message that does not follow the protocol (the text is sent back as a 0x05 error).
+
+    ``close_code`` is the WebSocket close code the server ends the session with.
+    """
+
+    def __init__(self, message: str, close_code: int = CloseCode.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.close_code = int(close_code)
 
 
 @dataclass(frozen=True)
@@ -51,16 +64,19 @@ class Message:
         try:
             return self.payload.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"{self.kind.name.lower()} message is not valid UTF-8") from exc
+            raise ProtocolError(f"{self.kind.name.lower()} message is not valid UTF-8",
+                                CloseCode.INVALID_PAYLOAD) from exc
 
     def json(self) -> dict[str, Any]:
         """The payload of a METADATA message as a JSON object."""
         try:
             value = json.loads(self.text())
         except json.JSONDecodeError as exc:
-            raise ProtocolError("metadata message is not valid JSON") from exc
+            raise ProtocolError("metadata message is not valid JSON", CloseCode.INVALID_PAYLOAD) from exc
+        except RecursionError as exc:
+            raise ProtocolError("metadata message is nested too deeply", CloseCode.INVALID_PAYLOAD) from exc
         if not isinstance(value, dict):
-            raise ProtocolError("metadata message must be a JSON object")
+            raise ProtocolError("metadata message must be a JSON object", CloseCode.INVALID_PAYLOAD)
         return value
 
 
@@ -70,7 +86,7 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BY
     if not data:
         raise ProtocolError("empty message")
     if len(data) > max_bytes:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit", CloseCode.TOO_BIG)
     try:
         kind = Kind(data[0])
     except ValueError as exc:

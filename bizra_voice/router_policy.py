@@ -9,7 +9,8 @@ Policy (documented in the README):
 - ``hybrid`` requested -> hybrid while Qwen is enabled, healthy, not overloaded and answering within
   the deadline; otherwise standalone with the reason.
 - ``auto`` -> like ``hybrid`` for the session; per turn, only turns that look like knowledge or
-  reasoning questions go to Qwen (the rest is small talk that PersonaPlex handles with better timing).
+  reasoning questions go to Qwen (the rest is small talk that PersonaPlex handles with better timing),
+  plus short follow-ups ("and Germany?", "why?") right after a turn that went to Qwen (session memory).
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ _SMALL_TALK = re.compile(
 )
 
 
+_FOLLOW_UP = re.compile(
+    r"^(and|but|so|also|what about|how about|why|how so|tell me more|more|go on|really|then)\b", re.IGNORECASE)
+
+
+def looks_like_follow_up(text: str, max_words: int = 8) -> bool:
+    """A short continuation ("and Germany?", "why?", "tell me more") of the previous exchange."""
+    t = text.strip()
+    return 0 < len(t.split()) <= max_words and bool(_FOLLOW_UP.match(t))
+
+
 def looks_like_knowledge_question(text: str, min_words: int = 3) -> bool:
     """Heuristic for ``auto``: a question or an explain/define request of some length, not small talk."""
     t = text.strip()
@@ -107,7 +118,9 @@ class ModeRouterPolicy:
         return Decision("hybrid", "auto: knowledge model available; knowledge questions will go to it",
                         requested)
 
-    def decide_turn(self, requested: RequestedMode, turn_text: str, qwen: QwenStatus) -> Decision:
+    def decide_turn(self, requested: RequestedMode, turn_text: str, qwen: QwenStatus,
+                    previous_route: Mode | None = None) -> Decision:
+        """``previous_route``: the route of the user's previous turn (from the session's memory)."""
         if requested == "standalone":
             return Decision("standalone", "standalone session: the knowledge model is never called", requested)
         problem = self._qwen_problem(qwen)
@@ -117,5 +130,7 @@ class ModeRouterPolicy:
             return Decision("hybrid", "hybrid session: the turn goes to the knowledge model", requested)
         if looks_like_knowledge_question(turn_text, self.config.min_question_words):
             return Decision("hybrid", "auto: the turn looks like a knowledge question", requested)
+        if previous_route == "hybrid" and looks_like_follow_up(turn_text):
+            return Decision("hybrid", "auto: a follow-up to the previous knowledge answer", requested)
         return Decision("standalone", "auto: the turn looks like conversation, not a knowledge question",
                         requested)

@@ -74,10 +74,17 @@ def cpu_record_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_args(cpu_record_dir, tmp_path_factory) -> dict:
+def cpu_recordings_dir(tmp_path_factory) -> Path:
+    """Where the CPU server stores consented recordings (recording enabled; sessions opt in with record=1)."""
+    return tmp_path_factory.mktemp("recordings")
+
+
+@pytest.fixture(scope="session")
+def cpu_args(cpu_record_dir, cpu_recordings_dir, tmp_path_factory) -> dict:
     """The CPU profile's app args as deployed by ``cpu_server`` (record hook on, per-session cache)."""
     args = cpu_profile_args()
     args["voice_server"]["debug_record_dir"] = str(cpu_record_dir)
+    args["recording"] = {"enabled": True, "dir": str(cpu_recordings_dir), "retention_days": 1}
     args.setdefault("cache_dir", os.environ.get("BIZRA_VOICE_CACHE", str(tmp_path_factory.mktemp("cache"))))
     return args
 

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from bizra_voice import constants as C
-from bizra_voice.prompt import PromptError, build_timeline, delayed_columns, resolve_persona, wrap_system_prompt
+from bizra_voice.prompt import (
+    PromptError,
+    build_timeline,
+    delayed_columns,
+    resolve_persona,
+    wrap_system_prompt,
+)
 
 
 def test_wrap_matches_reference_rule():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import sphn
 
+from bizra_voice.audio.ogg_check import OggError, OggPageChecker
 from bizra_voice.constants import SAMPLE_RATE
 
 
@@ -23,15 +24,26 @@ class OggOpusDecoder:
     def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
         self._reader = sphn.OpusStreamReader(sample_rate)
+        self._pages = OggPageChecker()  # sphn checks neither CRCs nor the codec: pages are checked first
         self.bytes_in = 0
         self.samples_out = 0
 
     def decode(self, ogg: bytes) -> np.ndarray:
         self.bytes_in += len(ogg)
         try:
-            pcm = np.asarray(self._reader.append_bytes(ogg), dtype=np.float32).reshape(-1)
-        except ValueError as exc:  # sphn: "unexpected ogg capture pattern", bad Opus header, ...
+            pages = self._pages.feed(ogg)
+        except OggError as exc:
+            raise InvalidAudio(f"audio is not a valid Ogg/Opus stream: {exc}") from None
+        if not pages:
+            return np.zeros(0, dtype=np.float32)
+        try:
+            pcm = np.asarray(self._reader.append_bytes(pages), dtype=np.float32).reshape(-1)
+        except Exception as exc:  # sphn: bad Opus packet, ...
             raise InvalidAudio(f"audio is not a valid Ogg/Opus stream ({exc})") from None
+        except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException (a BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            raise InvalidAudio("audio is not a valid Ogg/Opus stream (the Opus decoder rejected it)") from None
         self.samples_out += int(pcm.shape[0])
         return pcm
 

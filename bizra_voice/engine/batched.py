@@ -46,17 +46,21 @@ class _SlotLMGen(LMGen):
         self._engine = engine
 
     def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        """Runs inside moshi's CUDA graph on GPU: it may read only tensors whose storage never changes
+        (``engine._position``, the sampling tensors) and Python values fixed before capture."""
         engine = self._engine
         lm = self.lm_model
         s = engine.sampling
-        position = self._streaming_state.offsets
+        # Not ``self._streaming_state.offsets``: LMGen rebinds that attribute every step, so a captured
+        # graph would keep reading the storage of the step it was captured on.
+        position = engine._position
         previous = text_token
         tokens = []
         with lm.depformer.streaming(text_token.shape[0]):
             for cb in range(lm.dep_q):
                 logits = lm.forward_depformer(cb, previous[:, None, None], transformer_out)
                 previous = sample_tokens(logits[:, 0, 0], s.temp_audio, s.topk_audio, s.greedy, s.seed,
-                                         position, 1 + cb, engine.max_topk_audio)
+                                         position, 1 + cb, engine.topk_bound_audio)
                 tokens.append(previous)
         return torch.stack(tokens, dim=1)
 
@@ -109,6 +113,15 @@ class BatchedEngine:
         self.sampling = SlotSampling.create(slots, self.device)
         self.max_topk_audio = min(MAX_AUDIO_TOPK, lm.card)
         self.max_topk_text = min(MAX_TEXT_TOPK, lm.text_card)
+        # The sampler's fixed top-k size. CUDA graphs need it static (the ceiling); without graphs it is the
+        # largest k a slot asked for, because a full 2048-wide sort per codebook dominates a CPU tick.
+        self._static_topk = self.device.type == "cuda"
+        self._slot_topk: list[tuple[int, int]] = [(1, 1)] * slots  # (text, audio) per slot, 1 when greedy
+        self.topk_bound_text = self.max_topk_text
+        self.topk_bound_audio = self.max_topk_audio
+        self._update_topk_bounds()
+        self._position = torch.zeros(slots, dtype=torch.long, device=self.device)  # LMGen offsets, fixed storage
+        self._pinned: dict[str, torch.Tensor] = {}
         self.force_text = torch.full((slots,), -1, dtype=torch.long, device=self.device)
         self.force_audio = torch.full((slots, lm.dep_q), -1, dtype=torch.long, device=self.device)
         self._text_logits: torch.Tensor | None = None
@@ -153,8 +166,9 @@ class BatchedEngine:
     def _on_text(self, text_token: torch.Tensor) -> None:
         s = self.sampling
         assert self._text_logits is not None
+        self._position.copy_(self.lm_gen._streaming_state.offsets)  # read by depformer_step (graphed)
         sampled = sample_tokens(self._text_logits[:, 0, 0], s.temp_text, s.topk_text, s.greedy, s.seed,
-                                self.lm_gen._streaming_state.offsets, 0, self.max_topk_text)
+                                self._position, 0, self.topk_bound_text)
         # Guidance: where the model chose a word (not PAD/EPAD), say the next answer token instead, so the
         # model keeps its own timing and voice and speaks the answer's words in order.
         self.model_text.copy_(sampled)
@@ -190,7 +204,9 @@ class BatchedEngine:
 
     def set_guidance(self, slot: int, tokens: list[int]) -> int:
         """Queue answer tokens for ``slot`` (replacing any earlier guidance); returns how many were taken."""
-        tokens = [t for t in tokens if 0 <= t < self.lm.text_card][:MAX_GUIDE_TOKENS]
+        # <unk>/EPAD (0) and PAD (3) are not words: never force them (an out-of-vocabulary character in the
+        # answer would otherwise be "said" as a silent token and vanish from the text stream).
+        tokens = [t for t in tokens if 0 <= t < self.lm.text_card and t not in _SILENT_TEXT_IDS][:MAX_GUIDE_TOKENS]
         self.guide_tokens[slot].zero_()
         if tokens:
             self.guide_tokens[slot, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=self.device)
@@ -210,7 +226,17 @@ class BatchedEngine:
         return int(self.guide_index[slot]), int(self.guide_length[slot])
 
     def set_sampling(self, slot: int, params: SamplingParams) -> int:
+        greedy = params.greedy
+        self._slot_topk[slot] = ((1 if greedy or params.text_temperature <= 0 else params.text_topk),
+                                 (1 if greedy or params.audio_temperature <= 0 else params.audio_topk))
+        self._update_topk_bounds()
         return self.sampling.assign(slot, params)
+
+    def _update_topk_bounds(self) -> None:
+        if self._static_topk:
+            return
+        self.topk_bound_text = min(self.max_topk_text, max(k for k, _ in self._slot_topk))
+        self.topk_bound_audio = min(self.max_topk_audio, max(k for _, k in self._slot_topk))
 
     def _embed_columns(self, columns: np.ndarray) -> torch.Tensor:
         """Summed input embeddings [T, dim] of delayed-layout columns [17, T], in the order the LM sums them."""
@@ -274,7 +300,7 @@ class BatchedEngine:
         self.force_audio[slot, 1:] = self._silence[1:]
         mask = self._mask([slot])
         user = self._sine.view(1, -1, 1).expand(self.slots, -1, 1).contiguous()
-        self._lm_step(user, mask, conversation=False)
+        self._lm_step(user, mask, np.arange(self.slots) == slot, conversation=False)
         self.force_audio[slot] = -1
 
     def _prefill(self, slot: int, x: torch.Tensor) -> None:
@@ -290,13 +316,14 @@ class BatchedEngine:
             lm.set_streaming_state(self._lm_state)
 
     # ---- the tick ------------------------------------------------------------------------------------
-    def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor,
+    def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor, host_mask: np.ndarray,
                  conversation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask`` on the device for the step, ``host_mask`` its host copy (positions, no sync)."""
         self.lm_gen.set_exec_mask(mask)
         reported_guided = self._sampled_guided.clone()
         reported_model_text = self._sampled_model_text.clone()
         tokens = self.lm_gen.step(codes)[:, :, 0]
-        self._record_history(tokens, codes[:, :, 0], mask, conversation)
+        self._record_history(tokens, codes[:, :, 0], mask, host_mask, conversation)
         self._sampled_guided.copy_(torch.where(mask, self.guided, self._sampled_guided))
         self._sampled_model_text.copy_(torch.where(mask, self.model_text, self._sampled_model_text))
         self.guided.copy_(reported_guided)
@@ -312,9 +339,9 @@ class BatchedEngine:
         self._history = torch.zeros((self.slots, max(1, frames), 17), dtype=torch.long, device=self.device)
         self._history_count.zero_()
 
-    def _record_history(self, tokens: torch.Tensor, user: torch.Tensor, mask: torch.Tensor,
+    def _record_history(self, tokens: torch.Tensor, user: torch.Tensor, mask: torch.Tensor, host_mask: np.ndarray,
                         conversation: bool) -> None:
-        self.positions += mask.cpu().numpy()
+        self.positions += host_mask.astype(np.int64)
         if not self.history_size or not conversation:
             return
         frame = torch.cat([tokens, user], dim=1)  # [B, 17]: text, agent 8 (un-delayed), user 8
@@ -364,30 +391,60 @@ class BatchedEngine:
         self._force_timeline(slot, timeline, prompt.voice, pending=pending)
         return int(self.positions[slot])
 
+    def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
+        """Host input -> device; on CUDA through a pinned staging buffer so the copy is asynchronous."""
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return host
+        staging = self._pinned_buffer(f"in:{name}", host)
+        staging.copy_(host)
+        return staging.to(self.device, non_blocking=True)
+
+    def _pinned_buffer(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        buf = self._pinned.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+            self._pinned[key] = buf
+        return buf
+
+    def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
+        """All of a step's outputs to the host with ONE wait: async copies into pinned buffers, one sync."""
+        if self.device.type != "cuda":
+            return [t.numpy().copy() for t in tensors]
+        buffers = []
+        for i, t in enumerate(tensors):
+            buf = self._pinned_buffer(f"out:{i}", t)
+            buf.copy_(t, non_blocking=True)
+            buffers.append(buf)
+        torch.cuda.current_stream(self.device).synchronize()
+        return [b.numpy().copy() for b in buffers]
+
     @torch.no_grad()
     def step_codes(self, user_codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """LM step on given user Mimi codes [B, 8] (no audio codec): tokens [B, 9] and the produced mask."""
-        mask = torch.from_numpy(active).to(self.device)
-        codes = torch.from_numpy(user_codes).to(self.device)[:, :, None]
-        tokens, produced = self._lm_step(codes, mask)
-        return tokens.cpu().numpy(), produced.cpu().numpy()
-
-    def _guidance_now(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.guided.cpu().numpy().copy(), self.model_text.cpu().numpy().copy()
+        mask = self._to_device("active", active)
+        codes = self._to_device("codes", user_codes)[:, :, None]
+        tokens, produced = self._lm_step(codes, mask, np.asarray(active, dtype=bool))
+        packed, = self._to_host(torch.cat([tokens, produced[:, None].long()], dim=1))
+        return packed[:, :-1].copy(), packed[:, -1].astype(bool)
 
     @torch.no_grad()
     def tick(self, pcm: np.ndarray, active: np.ndarray) -> TickResult:
-        """One 80 ms step for the rows in ``active`` (bool [B]); ``pcm`` is float32 [B, FRAME_SIZE]."""
-        mask = torch.from_numpy(active).to(self.device)
-        audio = torch.from_numpy(pcm).to(self.device)[:, None, :]
+        """One 80 ms step for the rows in ``active`` (bool [B]); ``pcm`` is float32 [B, FRAME_SIZE].
+
+        No host sync until the end: every output (tokens, flags, PCM) comes back in one transfer.
+        """
+        mask = self._to_device("active", active)
+        audio = self._to_device("pcm", pcm)[:, None, :]
         self.mimi.set_exec_mask(mask)
         codes = self.mimi.encode(audio)
-        tokens, produced = self._lm_step(codes, mask)
+        tokens, produced = self._lm_step(codes, mask, np.asarray(active, dtype=bool))
         agent = tokens[:, 1:]
         self.mimi.set_exec_mask(produced)
         pcm_out = self.mimi.decode(agent.clamp(min=0)[:, :, None])
-        tokens_np = tokens.cpu().numpy()
-        guided, model_text = self._guidance_now()
-        return TickResult(produced=produced.cpu().numpy(), text=tokens_np[:, 0].copy(),
-                          agent=tokens_np[:, 1:].copy(), pcm=pcm_out[:, 0].float().cpu().numpy(),
-                          guided=guided, model_text=model_text)
+        ints = torch.cat([tokens, produced[:, None].long(), self.guided[:, None].long(), self.model_text[:, None]],
+                         dim=1)
+        ints_np, pcm_np = self._to_host(ints, pcm_out[:, 0].float())
+        return TickResult(produced=ints_np[:, -3].astype(bool), text=ints_np[:, 0].copy(),
+                          agent=ints_np[:, 1:-3].copy(), pcm=pcm_np,
+                          guided=ints_np[:, -2].astype(bool), model_text=ints_np[:, -1].copy())

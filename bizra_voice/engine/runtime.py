@@ -35,6 +35,14 @@ from bizra_voice.prompt import PromptError, resolve_persona, wrap_system_prompt
 log = logging.getLogger("bizra_voice.engine")
 
 
+# Frames of output a session may leave unread before it is ended (the serving layer drains this queue at
+# once into its own bounded buffer; this bound only catches a consumer that stopped altogether).
+MAX_OUTPUT_FRAMES = 250  # 20 s
+
+
+_ARRIVAL_SLACK_S = 0.002  # network and Opus jitter allowed around a session's due frame
+
+
 def _ms_quantile(values: collections.deque, q: float) -> float:
     return float(np.quantile(np.asarray(values), q)) if values else 0.0
 
@@ -45,6 +53,8 @@ class _SlotState:
 
     session: LiveSession
     frames: collections.deque = field(default_factory=collections.deque)
+    arrivals: collections.deque = field(default_factory=collections.deque)  # monotonic time of each frame
+    last_arrival: float | None = None  # when its latest frame arrived: the next is due one frame later
     produced: int = 0
 
 
@@ -68,6 +78,8 @@ class LiveSession:
         self.closed = False
         self.close_reason: str | None = None
         self.reanchors = 0  # times the persona was re-anchored past the context window
+        self.max_output_frames = MAX_OUTPUT_FRAMES
+        self.outputs_dropped = 0
 
     def push_pcm(self, pcm: np.ndarray) -> None:
         """Queue float32 mono 24 kHz samples; full 80 ms frames go to the tick thread."""
@@ -109,6 +121,14 @@ class LiveSession:
         return item
 
     def _deliver(self, item: FrameOutput | BaseException) -> None:
+        if isinstance(item, FrameOutput) and self._outputs.qsize() >= self.max_output_frames:
+            self.outputs_dropped += 1
+            if not self.closed:  # bounded: the end is reported instead of growing the queue
+                self.closed = True
+                self.close_reason = (f"this session's output was not read ({self._outputs.qsize()} frames, "
+                                     f"{self._outputs.qsize() * C.FRAME_MS / 1000:.1f} s, were waiting)")
+                self._outputs.put_nowait(SessionClosed(self.close_reason))
+            return
         self._outputs.put_nowait(item)
 
     def _end(self, reason: str) -> None:
@@ -189,6 +209,7 @@ class EngineRuntime:
         self._wake = threading.Condition()
         self._running = True
         self._tick_ms: collections.deque = collections.deque(maxlen=2000)
+        self._tick_ewma_ms: float | None = None
         self.ticks = 0
         self.deadline_misses = 0
         self.sessions_started = 0
@@ -202,8 +223,12 @@ class EngineRuntime:
     @classmethod
     def create(cls, config: EngineConfig) -> EngineRuntime:
         """Load everything (blocking), build the batched engine and start the tick thread."""
+        import os
+
         from bizra_voice.engine.batched import BatchedEngine
 
+        if not config.cuda_graphs:  # moshi captures CUDA graphs on its own unless this is set (per process)
+            os.environ["NO_CUDA_GRAPH"] = "1"
         models = LoadedModels.load(config)
         engine = BatchedEngine(models.bundle, config.slots)
         engine.keep_history(config.reanchor_history, config.reanchor_margin)
@@ -257,6 +282,14 @@ class EngineRuntime:
             "reanchors": self.reanchors,
         }
 
+    def tick_times_since(self, seen: int) -> tuple[int, list[float]]:
+        """Tick durations (ms) recorded after the first ``seen`` ticks (the last 2000 at most), and the new
+        tick count to pass next time (the metrics pump reads these; the tick thread is never blocked)."""
+        ticks = self.ticks
+        values = list(self._tick_ms)
+        fresh = max(0, min(ticks - seen, len(values)))
+        return ticks, values[len(values) - fresh:]
+
     def shutdown(self) -> None:
         with self._wake:
             self._running = False
@@ -278,9 +311,13 @@ class EngineRuntime:
             state = self._live.get(session.slot)
             if state is None or state.session is not session:
                 return
+            now = time.monotonic()
             state.frames.extend(frames)
+            state.arrivals.extend([now] * len(frames))
+            state.last_arrival = now
             if len(state.frames) > self.config.max_pending_frames:
                 state.frames.clear()
+                state.arrivals.clear()
                 session._end(f"the server fell more than {self.config.max_pending_frames * C.FRAME_MS / 1000:.1f}"
                              " s behind this session's audio")
             self._wake.notify()
@@ -300,15 +337,45 @@ class EngineRuntime:
             self.engine.reset_slot(session.slot)
             self._slots.release(session.slot, session.session_id)
 
+    def _coalesce_wait(self) -> float | None:
+        """Seconds the tick thread should still wait before ticking (None: no frame is queued).
+
+        A tick costs about the same however few of its rows have a frame, and sessions send out of phase,
+        so ticking on every arrival would run up to N full ticks per 80 ms. Each session's next frame is
+        due one frame after its last one; the tick waits for the frames due before the oldest queued frame
+        has waited one tick time (at most a quarter frame), and runs at once when none is due by then.
+        Caller holds ``self._wake``.
+        """
+        pending = [state for state in self._live.values() if state.frames]
+        if not pending:
+            return None
+        if self._tick_ewma_ms is None:
+            return 0.0
+        now = time.monotonic()
+        oldest = min(state.arrivals[0] if state.arrivals else now for state in pending)
+        deadline = oldest + min(self._tick_ewma_ms, C.FRAME_MS / 4) / 1000
+        due = [state.last_arrival + C.FRAME_MS / 1000 for state in self._live.values()
+               if not state.frames and state.last_arrival is not None]
+        due = [t + _ARRIVAL_SLACK_S for t in due if now - _ARRIVAL_SLACK_S <= t <= deadline]
+        return max(due) - now if due else 0.0
+
     def _run(self) -> None:
         while True:
             with self._wake:
-                while self._running and not self._jobs and not any(s.frames for s in self._live.values()):
-                    self._wake.wait(timeout=0.5)
+                while self._running and not self._jobs:
+                    wait = self._coalesce_wait()
+                    if wait is not None and wait <= 0:
+                        break
+                    self._wake.wait(timeout=0.5 if wait is None else wait)
                 if not self._running:
                     return
                 job = self._jobs.popleft() if self._jobs else None
-                batch = {slot: state.frames.popleft() for slot, state in self._live.items() if state.frames}
+                batch = {}
+                for slot, state in self._live.items():
+                    if state.frames:
+                        batch[slot] = state.frames.popleft()
+                        if state.arrivals:
+                            state.arrivals.popleft()
             if job is not None:
                 future, fn, args = job
                 if future.set_running_or_notify_cancel():
@@ -339,6 +406,7 @@ class EngineRuntime:
             return
         tick_ms = (time.perf_counter() - started) * 1000
         self._tick_ms.append(tick_ms)
+        self._tick_ewma_ms = tick_ms if self._tick_ewma_ms is None else 0.8 * self._tick_ewma_ms + 0.2 * tick_ms
         self.ticks += 1
         if tick_ms > C.FRAME_MS:
             self.deadline_misses += 1

@@ -25,6 +25,9 @@ class ModeRouter:
             allow_hybrid=self.config.allow_hybrid, max_load=self.config.max_load,
             deadline_ms=self.config.deadline_ms))
         self.qwen = qwen
+        from bizra_voice.serve.metrics import router_decisions_counter
+
+        self.decisions = router_decisions_counter()
 
     async def qwen_status(self) -> QwenStatus:
         if self.qwen is None:
@@ -39,12 +42,21 @@ class ModeRouter:
                           ongoing=int(raw.get("ongoing", 0)), capacity=int(raw.get("capacity", 1)),
                           latency_ms=raw.get("latency_ms"))
 
+    async def _status_for(self, requested: str) -> QwenStatus:
+        # A standalone session never calls the knowledge model, not even for its status.
+        if requested == "standalone":
+            return QwenStatus(enabled=False, healthy=False, detail="not consulted (standalone)")
+        return await self.qwen_status()
+
     async def decide_session(self, requested: str) -> dict:
-        decision = self.policy.decide_session(requested, await self.qwen_status())
+        decision = self.policy.decide_session(requested, await self._status_for(requested))
+        self.decisions.inc(1, tags={"scope": "session", "mode": decision.mode})
         return decision.as_event("router.session")
 
-    async def decide_turn(self, requested: str, turn_text: str) -> dict:
-        decision = self.policy.decide_turn(requested, turn_text, await self.qwen_status())
+    async def decide_turn(self, requested: str, turn_text: str, previous_route: str | None = None) -> dict:
+        decision = self.policy.decide_turn(requested, turn_text, await self._status_for(requested),
+                                           previous_route if previous_route in ("standalone", "hybrid") else None)
+        self.decisions.inc(1, tags={"scope": "turn", "mode": decision.mode})
         return decision.as_event("router.decision")
 
     async def health(self) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from bizra_voice.config import QwenConfig
+from bizra_voice.serve.model_cache import pick_device
 
 log = logging.getLogger("ray.serve")
 
@@ -30,15 +31,10 @@ def _dtype(name: str, device: str):
 @serve.deployment(name="QwenKnowledge")
 class QwenKnowledge:
     def __init__(self, config: dict, model_dir: str | None = None) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = QwenConfig.model_validate(config)
-        device = self.config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and self.config.gpu_memory_fraction:
-            torch.cuda.set_per_process_memory_fraction(self.config.gpu_memory_fraction)
+        device = pick_device(self.config.device, self.config.gpu_memory_fraction)
         if self.config.tiny_random:
             from bizra_voice.serve.tiny_qwen import make_tiny_qwen
 
@@ -52,8 +48,14 @@ class QwenKnowledge:
         self.model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=_dtype(self.config.dtype, device))
         self.model.to(device).eval()
         self._ongoing = 0
+        self._answers = 0  # answer() calls so far (tests check that standalone sessions never call it)
         self._lock = threading.Lock()
         self._last_first_token_ms: float | None = None
+        from bizra_voice.serve.metrics import latency_histogram
+
+        self.first_token_hist = latency_histogram("bizra_qwen_first_token_ms", "Qwen: question -> first answer "
+                                                  "piece (ms).")
+        self.answer_hist = latency_histogram("bizra_qwen_answer_ms", "Qwen: question -> whole answer (ms).")
         log.info("QwenKnowledge ready: %s on %s%s", source, device,
                  " (tiny RANDOM weights: answers are gibberish)" if self.random_weights else "")
 
@@ -62,6 +64,7 @@ class QwenKnowledge:
             "enabled": True,
             "healthy": True,
             "ongoing": self._ongoing,
+            "answers": self._answers,
             "capacity": self.config.max_ongoing_requests,
             "latency_ms": self._last_first_token_ms,
             "model": self.model_name,
@@ -83,7 +86,13 @@ class QwenKnowledge:
     async def answer(self, question: str, context: list[dict] | None = None,
                      persona: str | None = None) -> AsyncIterator[str]:
         """Stream the answer to ``question`` as text pieces (generation runs in a worker thread)."""
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stop = threading.Event()  # set when the caller goes away (barge-in, deadline): generation stops
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return stop.is_set()
 
         ids = self.tokenizer.apply_chat_template(
             self._messages(question, context, persona), add_generation_prompt=True, return_tensors="pt")
@@ -91,10 +100,12 @@ class QwenKnowledge:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0)
         kwargs = {"input_ids": ids, "attention_mask": ids.new_ones(ids.shape), "max_new_tokens":
                   self.config.max_new_tokens, "do_sample": False, "streamer": streamer,
-                  "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+                  "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                  "stopping_criteria": StoppingCriteriaList([_Stop()])}
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         with self._lock:
             self._ongoing += 1
+            self._answers += 1
         start = time.perf_counter()
         first = True
         try:
@@ -106,9 +117,12 @@ class QwenKnowledge:
                     break
                 if first:
                     self._last_first_token_ms = (time.perf_counter() - start) * 1000.0
+                    self.first_token_hist.observe(self._last_first_token_ms)
                     first = False
                 if piece:
                     yield piece
         finally:
+            stop.set()
+            self.answer_hist.observe((time.perf_counter() - start) * 1000.0)
             with self._lock:
                 self._ongoing -= 1

@@ -8,9 +8,9 @@ gibberish by construction.
 
 from __future__ import annotations
 
-import fcntl
-import json
 from pathlib import Path
+
+from bizra_voice.serve.model_cache import make_once
 
 MARKER = "bizra-tiny-qwen.json"
 VERSION = 2
@@ -55,18 +55,12 @@ def _build_tokenizer():
 def make_tiny_qwen(directory: str | Path, seed: int = 0) -> Path:
     """Create (once) a tiny random Qwen2 + tokenizer in ``directory``; return the directory.
 
-    Safe to call from several replicas at once: a file lock serialises creation, a marker says it is done.
+    Safe to call from several replicas at once (``make_once``).
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    path = Path(directory).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        marker = path / MARKER
-        if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
-            return path
+    def build(path: Path) -> None:
         tokenizer = _build_tokenizer()
         config = Qwen2Config(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -81,5 +75,4 @@ def make_tiny_qwen(directory: str | Path, seed: int = 0) -> Path:
         model.generation_config.pad_token_id = config.pad_token_id
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-        marker.write_text(json.dumps({"version": VERSION, "random_weights": True}))
-    return path
+    return make_once(directory, MARKER, VERSION, build)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ import bizra_voice
 from bizra_voice import protocol as P
 from bizra_voice.config import CPU_DEV_WARNING, AppConfig
 from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SamplingParams, SessionSpec
-from bizra_voice.serve.ws_session import ChatSession, Outbox, SessionRecord
+from bizra_voice.security import AccessPolicy, token_subprotocol
+from bizra_voice.serve.backpressure import OutboundBuffer
+from bizra_voice.serve.drain import watch_for_drain
+from bizra_voice.serve.ws_session import ChatSession, ClientProtocolError, Outbox, SessionRecord
+from bizra_voice.serve.ws_session import check_first_message as check_early_message
 from bizra_voice.session_params import BadParams, SessionParams
 
 log = logging.getLogger("ray.serve")
@@ -38,14 +43,21 @@ def default_client_dir() -> Path:
 
 def ensure_tiny_checkpoint(folder: Path) -> Path:
     """Generate the tiny random checkpoint once per node (file lock: replicas may start together)."""
-    import fcntl
-
+    from bizra_voice.serve.model_cache import ensure_under_lock
     from bizra_voice.tiny import ensure_tiny
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return ensure_tiny(folder)
+    return ensure_under_lock(folder, ensure_tiny)
+
+
+def _rss_mb() -> float:
+    """This replica process's resident memory (Linux /proc; 0 elsewhere), for soak tests."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
 
 
 def replica_tag() -> str:
@@ -58,6 +70,14 @@ def replica_tag() -> str:
 def create_app(server: VoiceServer) -> FastAPI:
     """The HTTP/WebSocket routes of one replica, bound to its ``server``."""
     app = FastAPI(title="BIZRA Voice", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def access_control(request: Request, call_next):  # REST: token + Origin (security.py)
+        if "/api/" in request.url.path:  # the app may sit under a route prefix
+            denied = server.access.check(request.query_params, request.headers, request.url.scheme)
+            if denied is not None:
+                return JSONResponse({"error": denied.message}, status_code=denied.status)
+        return await call_next(request)
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -74,6 +94,10 @@ def create_app(server: VoiceServer) -> FastAPI:
     @app.websocket("/api/chat")
     async def chat(ws: WebSocket) -> None:
         await server.chat(ws)
+
+    @app.websocket("/v1/realtime")
+    async def realtime(ws: WebSocket) -> None:  # OpenAI Realtime (GA) protocol: serve/realtime_session.py
+        await server.realtime(ws)
 
     @app.get("/")
     async def index(request: Request) -> Response:
@@ -103,7 +127,7 @@ def _build_ingress() -> FastAPI:
 @serve.deployment(name="VoiceServer")
 @serve.ingress(_build_ingress)
 class VoiceServer:
-    def __init__(self, config: dict, router=None, qwen=None) -> None:
+    def __init__(self, config: dict, router=None, qwen=None, transcriber=None) -> None:
         import ray
 
         from bizra_voice.engine.runtime import EngineRuntime
@@ -111,6 +135,7 @@ class VoiceServer:
         self.config = AppConfig.model_validate(config)
         self.router = router
         self.qwen = qwen
+        self.transcriber = transcriber  # hybrid mode's speech-to-text (None: typed questions only)
         self.replica = replica_tag()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         engine_config = self.config.engine
@@ -125,15 +150,38 @@ class VoiceServer:
         self.client_dir = Path(vs.client_dir) if vs.client_dir else default_client_dir()
         self.static = StaticFiles(directory=self.client_dir, html=True, check_dir=False)
         self.record_dir = Path(vs.debug_record_dir) if vs.debug_record_dir else None
+        acc = self.config.access
+        self.access = AccessPolicy.create(acc.token, acc.token_env, acc.allowed_origins, acc.allow_localhost_origins)
+        self._open: dict[str, Outbox] = {}  # live sessions by id, told first when the replica drains
+        self._draining: str | None = None
+        self._drain_watcher: asyncio.Task | None = None
+        self._init_operations()
         from bizra_voice.serve import voice_server as module
 
         module._replica_server = self
         log.info("VoiceServer %s ready: %d slots, GPUs %s", self.replica, self.runtime.capacity, self.gpu_ids)
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
+        """Serve's destructor hook (also reached when the drain watcher is unavailable)."""
+        if getattr(self, "_open", None):
+            await self.drain("this replica is shutting down")
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.shutdown()
+
+    async def drain(self, reason: str) -> None:
+        """Tell every open session (``session.draining``), wait ``drain_notice_s``, then close them 1001."""
+        if self._draining is not None:
+            return
+        self._draining = reason
+        notice = self.config.reliability.drain_notice_s
+        log.warning("VoiceServer %s draining (%s): %d open sessions", self.replica, reason, len(self._open))
+        event = {"type": "session.draining", "reason": reason, "closing_in_s": notice, "replica": self.replica}
+        await asyncio.gather(*(out.event(event) for out in list(self._open.values())), return_exceptions=True)
+        await asyncio.sleep(notice)
+        message = f"The server ended the session: {reason}; reconnect to continue on another replica."
+        await asyncio.gather(*(out.fail(message, P.CloseCode.GOING_AWAY) for out in list(self._open.values())),
+                             return_exceptions=True)
 
     def check_health(self) -> None:
         if not self.runtime.alive:
@@ -150,6 +198,7 @@ class VoiceServer:
             "gpu_ids": self.gpu_ids,
             "slots": {"total": self.runtime.capacity, "free": self.runtime.capacity - self.runtime.active_sessions},
             "active_sessions": self.runtime.active_sessions,
+            "process": {"pid": os.getpid(), "rss_mb": _rss_mb()},
             "engine": stats,
             "qwen": await self._qwen_health(),
         }
@@ -193,14 +242,29 @@ class VoiceServer:
 
     # ---- WebSocket ----------------------------------------------------------------------------------
     async def chat(self, ws: WebSocket) -> None:
-        await ws.accept()
+        if self._drain_watcher is None:
+            self._drain_watcher = asyncio.create_task(watch_for_drain(
+                lambda: self.drain("this replica is stopping (redeploy or downscale)")))
+        await ws.accept(subprotocol=token_subprotocol(ws.headers))
         out = Outbox(ws)
+        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme)
+        if denied is not None:
+            await out.fail(denied.message, denied.close_code)
+            return
+        if self._draining is not None:
+            await out.fail(f"{self._draining}; reconnect to reach another replica", P.CloseCode.SERVICE_RESTART)
+            return
         try:
             params = SessionParams.from_query(ws.query_params)
         except BadParams as exc:
+            self.metrics.rejected("chat", "bad_request")
             await out.fail(str(exc), P.CloseCode.BAD_REQUEST)
             return
+        accepted_at = time.monotonic()
+        early = asyncio.create_task(ws.receive())  # a message that beats the handshake (see below)
         if self.runtime.active_sessions >= self.runtime.capacity:
+            early.cancel()
+            self.metrics.rejected("chat", "capacity")
             await out.fail(self._capacity_message(), P.CloseCode.AT_CAPACITY)
             return
         decision_task = asyncio.create_task(self._decide(params.mode))
@@ -208,17 +272,42 @@ class VoiceServer:
             live = await self.runtime.open_session(self._spec(params))
         except AtCapacity:
             decision_task.cancel()
+            early.cancel()
+            self.metrics.rejected("chat", "capacity")
             await out.fail(self._capacity_message(), P.CloseCode.AT_CAPACITY)
             return
         except (BadSessionRequest, EngineError) as exc:
             decision_task.cancel()
+            early.cancel()
+            self.metrics.rejected("chat", "bad_request")
             await out.fail(str(exc), P.CloseCode.BAD_REQUEST)
             return
+        self.bind_session_logs(live.session_id)
+        recorder = self.start_recording(live.session_id, params.record, "chat", {
+            "voice": live.voice, "instructions": params.text_prompt or "", "mode": params.mode})
+        if recorder is not None:
+            from bizra_voice.serve.session_tap import tap_outbox_events
+
+            tap_outbox_events(out, recorder)
+        tapped = self.tap_session(live, recorder, lambda: self.metrics.first_audio(
+            "chat", (time.monotonic() - accepted_at) * 1000))
         record = SessionRecord() if self.record_dir is not None else None
-        session = ChatSession(ws, out, live, stats_interval_s=self.config.voice_server.stats_interval_s,
-                              stats_source=self.runtime.stats, record=record)
+        rel = self.config.reliability
+        session = ChatSession(ws, out, tapped, stats_interval_s=self.config.voice_server.stats_interval_s,
+                              stats_source=self.runtime.stats, record=record, first_receive=early,
+                              outbound=OutboundBuffer(rel.outbound_max_frames, rel.outbound_close_after_dropped))
+        self._open[live.session_id] = out
+        from bizra_voice.serve.hybrid_wiring import attach_hybrid
+
+        hybrid = attach_hybrid(self, session, live, params)
         try:
             decision = await decision_task
+            if early.done():  # it arrived before the handshake was sent
+                try:
+                    check_early_message(early.result())
+                except ClientProtocolError as exc:
+                    await out.fail(str(exc), exc.close_code)
+                    return
             await out.send(P.handshake())
             await out.event({
                 "type": "session.started", "session_id": live.session_id, "voice": live.voice,
@@ -228,20 +317,107 @@ class VoiceServer:
                 "cpu_dev_profile": self.config.cpu_dev,
                 **({"warning": CPU_DEV_WARNING} if self.config.cpu_dev else {}),
             })
+            self.metrics.started("chat", (time.monotonic() - accepted_at) * 1000)
+            await out.event({"type": "recording", "on": recorder is not None})
             await session.run()
             reason = live.close_reason
             if reason and not out.closed:
                 code = P.CloseCode.GOING_AWAY if "shutting down" in reason else P.CloseCode.INTERNAL
+                if "not read" in reason:
+                    code = P.CloseCode.TOO_SLOW
                 await out.fail(f"The server ended the session: {reason}.", code)
         except Exception as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("session %s setup failed", live.session_id)
             await out.fail("internal server error; the session was closed", P.CloseCode.INTERNAL)
         finally:
+            self._open.pop(live.session_id, None)
+            if not early.done():
+                early.cancel()
+            await hybrid.close()
             await live.close()
+            if recorder is not None:
+                recorder.close()
             if record is not None and self.record_dir is not None:
                 record.save(self.record_dir / f"{live.session_id}.npz")
             await out.close()
+
+    async def realtime(self, ws: WebSocket) -> None:
+        """``/v1/realtime``: an OpenAI Realtime client on the same engine, slots and limits as /api/chat."""
+        from bizra_voice.serve.realtime_session import RealtimeSession
+
+        await ws.accept(subprotocol=token_subprotocol(ws.headers))
+        accepted_at = time.monotonic()
+        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme)
+        reject = None
+        if denied is not None:
+            reject = (denied.message, "access_denied", denied.close_code)
+        elif self._draining is not None:
+            reject = (f"{self._draining}; reconnect to reach another replica", "server_draining",
+                      P.CloseCode.SERVICE_RESTART)
+        else:
+            try:
+                params = SessionParams.from_query(ws.query_params)
+            except BadParams as exc:
+                self.metrics.rejected("realtime", "bad_request")
+                reject = (str(exc), "invalid_request", P.CloseCode.BAD_REQUEST)
+        session = RealtimeSession(self, ws, params if reject is None else SessionParams(), accepted_at)
+        if reject is not None:
+            await session.fail(reject[0], reject[1], reject[2], "invalid_request_error")
+            return
+        key = f"realtime-{id(session)}"
+        self._open[key] = session.drain_handle()
+        try:
+            await session.run()
+        finally:
+            self._open.pop(key, None)
+
+    # ---- operations: metrics, recording, session-tagged logs (bizra_voice/serve/metrics.py, recording.py)
+    def _init_operations(self) -> None:
+        from bizra_voice import logctx
+        from bizra_voice.recording import purge_expired
+        from bizra_voice.serve.metrics import MetricsPump, VoiceMetrics
+
+        logctx.install()
+        self.metrics = VoiceMetrics()
+        self.metrics_pump = MetricsPump(self.runtime, self.metrics).start()
+        rec = self.config.recording
+        if rec.enabled:
+            removed = purge_expired(self.config.recording_dir, rec.retention_days)
+            log.info("recording enabled (consent required per session) in %s, %g days retention; %d expired "
+                     "folders deleted", self.config.recording_dir, rec.retention_days, len(removed))
+
+    def bind_session_logs(self, session_id: str) -> None:
+        """From here on, every log line of this request's tasks carries the session id."""
+        from bizra_voice import logctx
+
+        logctx.bind_session(session_id)
+
+    def start_recording(self, session_id: str, requested: bool, endpoint: str, meta: dict[str, Any]):
+        """A SessionRecorder when the user consented (``record``) and recording is enabled, else None."""
+        from bizra_voice.recording import SessionRecorder, purge_expired, should_record
+
+        rec = self.config.recording
+        if not should_record(requested, rec.enabled):
+            return None
+        try:
+            purge_expired(self.config.recording_dir, rec.retention_days)
+            recorder = SessionRecorder(self.config.recording_dir, session_id,
+                                       {"endpoint": endpoint, "replica": self.replica, **meta})
+        except OSError as exc:
+            log.error("recording could not start (%s); the session goes on unrecorded", exc)
+            return None
+        self.metrics.recordings.inc()
+        log.info("recording this session (user consent) to %s", recorder.folder)
+        return recorder
+
+    def tap_session(self, live: Any, recorder: Any, on_first_output: Any) -> Any:
+        from bizra_voice.serve.session_tap import TappedLive
+
+        return TappedLive(live, recorder, on_first_output)
+
+    def _sampling(self, params: SessionParams) -> SamplingParams:
+        return SamplingParams(**params.sampling_kwargs())
 
     def _spec(self, params: SessionParams) -> SessionSpec:
         return SessionSpec(

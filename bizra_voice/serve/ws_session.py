@@ -21,7 +21,8 @@ import numpy as np
 
 from bizra_voice import protocol as P
 from bizra_voice.audio import InvalidAudio, OggOpusDecoder, OggOpusEncoder
-from bizra_voice.engine.api import SessionClosed
+from bizra_voice.engine.api import BadSessionRequest, SessionClosed
+from bizra_voice.serve.backpressure import ClientTooSlow, OutboundBuffer, Outgoing
 
 log = logging.getLogger("ray.serve")
 
@@ -33,7 +34,18 @@ class ClientGone(Exception):
 
 
 class ClientProtocolError(Exception):
-    """The client broke the protocol; the text goes back as 0x05 with close 1008."""
+    """The client broke the protocol; the text goes back as 0x05 with ``close_code`` (default 1008)."""
+
+    def __init__(self, message: str, close_code: int = P.CloseCode.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.close_code = int(close_code)
+
+
+def check_first_message(message: dict[str, Any]) -> None:
+    """A message that arrived before the server's handshake: audio then is a protocol error."""
+    data = message.get("bytes")
+    if data and data[0] == P.Kind.AUDIO:
+        raise ClientProtocolError("audio arrived before the server's handshake (0x00); wait for it, then stream")
 
 
 @dataclass
@@ -102,7 +114,8 @@ class ChatSession:
 
     def __init__(self, ws, outbox: Outbox, live, *, stats_interval_s: float = 2.0,
                  stats_source: Callable[[], dict] | None = None, record: SessionRecord | None = None,
-                 max_message_bytes: int = P.MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = P.MAX_MESSAGE_BYTES, outbound: OutboundBuffer | None = None,
+                 first_receive: asyncio.Task | None = None) -> None:
         self.ws = ws
         self.out = outbox
         self.live = live
@@ -110,6 +123,8 @@ class ChatSession:
         self.stats_source = stats_source
         self.record = record
         self.max_message_bytes = max_message_bytes
+        self.outbound = outbound if outbound is not None else OutboundBuffer()
+        self._first_receive = first_receive  # a receive() started before the handshake (see VoiceServer.chat)
         self.decoder = OggOpusDecoder()
         self.encoder = OggOpusEncoder()
         self.frames_in_samples = 0
@@ -117,6 +132,9 @@ class ChatSession:
         self.text_pieces = 0
         self.started = time.monotonic()
         self.handlers: dict[str, ClientEventHandler] = {"client.ping": ChatSession._on_client_ping}
+        # Synchronous observers (hybrid mode): decoded user PCM, and every frame the engine produced.
+        self.input_listeners: list[Callable[[np.ndarray], None]] = []
+        self.output_listeners: list[Callable[[Any], None]] = []
 
     def on(self, event_type: str, handler: ClientEventHandler) -> None:
         """Register a handler for a client JSON event type (e.g. hybrid mode's ``user.text``)."""
@@ -127,16 +145,21 @@ class ChatSession:
 
     async def receive_loop(self) -> None:
         while True:
-            message = await self.ws.receive()
+            if self._first_receive is not None:
+                first, self._first_receive = self._first_receive, None
+                message = await first
+            else:
+                message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 raise ClientGone()
             data = message.get("bytes")
             if data is None:
-                raise ClientProtocolError("text WebSocket frames are not part of the protocol; send binary")
+                raise ClientProtocolError("text WebSocket frames are not part of the protocol; send binary",
+                                          P.CloseCode.UNSUPPORTED)
             try:
                 msg = P.decode(data, self.max_message_bytes)
             except P.ProtocolError as exc:
-                raise ClientProtocolError(str(exc)) from None
+                raise ClientProtocolError(str(exc), exc.close_code) from None
             if msg.kind == P.Kind.AUDIO:
                 try:
                     pcm = self.decoder.decode(msg.payload)
@@ -146,12 +169,19 @@ class ChatSession:
                     self.frames_in_samples += int(pcm.size)
                     if self.record is not None:
                         self.record.input_pcm.append(pcm)
-                    self.live.push_pcm(pcm)
+                    try:
+                        self.live.push_pcm(pcm)
+                    except BadSessionRequest as exc:
+                        raise ClientProtocolError(str(exc)) from None
+                    except SessionClosed:
+                        return  # the engine ended the session; VoiceServer reports its close_reason
+                    for listener in self.input_listeners:
+                        listener(pcm)
             elif msg.kind == P.Kind.METADATA:
                 try:
                     event = msg.json()
                 except P.ProtocolError as exc:
-                    raise ClientProtocolError(str(exc)) from None
+                    raise ClientProtocolError(str(exc), exc.close_code) from None
                 handler = self.handlers.get(str(event.get("type")))
                 if handler is not None:
                     await handler(self, event)
@@ -161,21 +191,41 @@ class ChatSession:
                 raise ClientProtocolError(f"clients may not send {msg.kind.name.lower()} messages")
 
     async def send_loop(self) -> None:
+        """Engine -> bounded outbound buffer (never waits on the client; see serve/backpressure.py)."""
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            while not writer.done():
+                try:
+                    out = await self.live.next_output()
+                except SessionClosed:
+                    break
+                if self.record is not None:
+                    self.record.text_tokens.append(int(out.text_token))
+                    self.record.frames.append(int(out.frame))
+                for listener in self.output_listeners:
+                    listener(out)
+                self.outbound.put(Outgoing(int(out.frame), out.pcm, [out.text] if out.text else [],
+                                           int(out.text_token)))
+            else:
+                writer.result()  # the writer only ends by raising (ClientGone)
+            # the engine ended: let the writer flush what is queued (briefly), then stop it
+            deadline = time.monotonic() + 2.0
+            while len(self.outbound) and not writer.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write_loop(self) -> None:
         while True:
-            try:
-                out = await self.live.next_output()
-            except SessionClosed:
-                return
-            ogg = self.encoder.encode(out.pcm)
+            item = await self.outbound.get()
+            ogg = self.encoder.encode(item.pcm)
             if ogg:
                 await self.out.send(P.audio(ogg))
             self.frames_out += 1
-            if self.record is not None:
-                self.record.text_tokens.append(int(out.text_token))
-                self.record.frames.append(int(out.frame))
-            if out.text:
+            for piece in item.texts:
                 self.text_pieces += 1
-                await self.out.send(P.text(out.text))
+                await self.out.send(P.text(piece))
 
     def stats(self) -> dict[str, Any]:
         event = {
@@ -185,6 +235,8 @@ class ChatSession:
             "audio_in_s": round(self.frames_in_samples / 24000.0, 3),
             "frames_out": self.frames_out,
             "text_pieces": self.text_pieces,
+            "outbound": self.outbound.stats(),
+            "reanchors": getattr(self.live, "reanchors", 0),
         }
         if self.stats_source is not None:
             event["engine"] = self.stats_source()
@@ -209,7 +261,10 @@ class ChatSession:
             if exc is None or isinstance(exc, ClientGone):
                 continue
             if isinstance(exc, ClientProtocolError):
-                await self.out.fail(str(exc), P.CloseCode.BAD_REQUEST)
+                await self.out.fail(str(exc), exc.close_code)
+                return
+            if isinstance(exc, ClientTooSlow):
+                await self.out.fail(f"The server ended the session: {exc}.", P.CloseCode.TOO_SLOW)
                 return
             log.error("session %s failed", self.live.session_id, exc_info=exc)
             await self.out.fail("internal server error; the session was closed", P.CloseCode.INTERNAL)

@@ -6,7 +6,7 @@ import { OpusOggEncoder, opusEncoderConfig } from './audio/opus-encoder.js';
 import { OggOpusDecoder } from './audio/opus-decoder.js';
 import { ChatSession } from './session.js';
 import { concatBytes } from './core/ogg.js';
-import { voicePromptParam } from './core/protocol.js';
+import { shouldReconnect, voicePromptParam } from './core/protocol.js';
 import { EnergyVad } from './core/vad.js';
 import { RttMeter } from './core/rtt.js';
 import { ConversationLog } from './ui/conversation.js';
@@ -63,7 +63,7 @@ function capabilityProblem() {
   return null;
 }
 
-async function connect() {
+async function connect(reconnects = 0) {
   showError('');
   const problem = capabilityProblem();
   if (problem) { status.setState('error', 'Cannot start'); showError(problem); return; }
@@ -72,7 +72,7 @@ async function connect() {
 
   const c = {
     engine: new AudioEngine(), vad: new EnergyVad(), rtt: new RttMeter(), encoder: null, decoder: null,
-    session: null, userClosed: false, framesSent: 0, framesReceived: 0, bufferMs: 0, flushes: 0, underruns: 0, tickMs: null,
+    session: null, userClosed: false, reconnects, framesSent: 0, framesReceived: 0, bufferMs: 0, flushes: 0, underruns: 0, tickMs: null,
   };
   call = c;
   log.clear();
@@ -104,6 +104,7 @@ async function connect() {
       c.encoder = new OpusOggEncoder(encoderConfig, (pages) => {
         if (c.session.sendAudio(concatBytes(pages))) c.rtt.onFrameSent(c.framesSent++, performance.now());
       }, (err) => fail(c, `Audio encoding failed: ${err.message}`));
+      c.reconnects = 0; // a live session again: later losses get their own retries
       status.setState('connected', 'Connected: speak any time');
       setBusyControls(true);
     },
@@ -152,10 +153,16 @@ function fail(c, message) {
   c.session?.close();
 }
 
-async function onClosed(c, { message, wasLive }) {
+async function onClosed(c, { code, message, wasLive }) {
   await teardown(c);
   if (c.userClosed) { status.setState('closed', 'Disconnected'); return; }
   if (c.failed) { status.setState('error', 'Stopped after an error'); return; }
+  if (shouldReconnect(code, wasLive, c.reconnects)) {
+    // The replica went away; a new session lands on a healthy one. The persona and voice are re-sent.
+    status.setState('connecting', `${message || 'Connection lost.'} Reconnecting…`);
+    setTimeout(() => { if (!call) connect(c.reconnects + 1); }, 1000 * (c.reconnects + 1));
+    return;
+  }
   if (message) {
     status.setState('error', wasLive ? 'Connection ended' : 'Could not connect');
     showError(message);

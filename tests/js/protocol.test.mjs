@@ -75,3 +75,18 @@ test('close codes become sentences a person can act on', () => {
   assert.match(describeClose(1011, ''), /Server error/);
   assert.equal(describeClose(1000, ''), null);
 });
+
+test('a live session lost with its replica reconnects, a few times at most', async () => {
+  const { shouldReconnect, MAX_RECONNECTS } = await import('../../client/js/core/protocol.js');
+  for (const code of [1001, 1006, 1012]) assert.equal(shouldReconnect(code, true, 0), true);
+  assert.equal(shouldReconnect(1006, false, 0), false); // never connected: say so instead
+  assert.equal(shouldReconnect(1013, true, 0), false); // at capacity: retrying at once would not help
+  assert.equal(shouldReconnect(1008, true, 0), false);
+  assert.equal(shouldReconnect(1000, true, 0), false);
+  assert.equal(shouldReconnect(1006, true, MAX_RECONNECTS), false);
+});
+
+test('replica restarts and access refusals are explained', () => {
+  assert.match(describeClose(1012, 'draining'), /restarting this replica: draining/);
+  assert.match(describeClose(4403, ''), /origin is not allowed/);
+});

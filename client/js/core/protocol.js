@@ -78,6 +78,18 @@ export function voicePromptParam(voice) {
   return /\.(pt|wav)$/i.test(voice) ? voice : `${voice}.pt`;
 }
 
+/**
+ * Whether a session that ended this way should reconnect by itself: the replica went away (killed: 1006,
+ * drained or scaled down: 1001 / 1012) after the session was live. Another replica will take the new
+ * session, so a few quick retries beat asking the user.
+ */
+export const RECONNECT_CODES = Object.freeze([1001, 1006, 1012]);
+export const MAX_RECONNECTS = 3;
+
+export function shouldReconnect(code, wasLive, attempts) {
+  return wasLive && RECONNECT_CODES.includes(code) && attempts < MAX_RECONNECTS;
+}
+
 /** Close codes the server uses, in words a person can act on. */
 export function describeClose(code, reason) {
   const why = reason ? `: ${reason}` : '';
@@ -88,6 +100,9 @@ export function describeClose(code, reason) {
     case 1011: return `Server error${why || ' (internal)'}.`;
     case 4401: return `Not authorized${why}. Open this page with a valid ?token=… in its address.`;
     case 1006: return 'Connection lost (the server closed it without a reason, or could not be reached).';
+    case 1001: case 1012: return `The server is restarting this replica${why}.`;
+    case 4403: return `This page's origin is not allowed by the server${why}.`;
+    case 4408: return `The connection fell too far behind${why}.`;
     default: return `Connection closed (code ${code})${why}.`;
   }
 }

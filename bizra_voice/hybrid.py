@@ -1,0 +1,408 @@
+"""Hybrid mode, per session: user turns -> router -> Qwen -> the answer spoken by PersonaPlex (guided).
+
+``HybridController`` is attached to one ``ChatSession``. It is fed three things and calls out through
+injected async callables, so it runs (and is tested) without Ray:
+
+- the user's decoded PCM (``on_input_pcm``): a ``TurnDetector`` finds the end of a user turn, the turn's
+  audio goes to the ``transcribe`` callable (the Transcriber deployment) -> ``transcript.user``;
+  speech onset while an answer is being spoken is a barge-in -> ``cancel`` + ``playback.flush``;
+- typed questions (``on_user_text``, the client's ``{"type": "user.text"}``) -> the same path;
+- every produced frame (``on_output``): PersonaPlex's own turn-taking (a word while the user pauses ends
+  the user turn early), the assistant text for the memory, and the first guided word (latency figures).
+
+A turn: ``route`` (ModeRouter.decide_turn) -> ``router.decision``; if hybrid, ``answer`` (Qwen, streamed)
+must yield its first piece within ``deadline_ms`` or the turn falls back to standalone (a second
+``router.decision`` with ``fallback: true`` says why). Streamed pieces become ``knowledge.answer`` events
+and, cut at word boundaries and re-tokenised with PersonaPlex's SentencePiece model, guidance tokens.
+
+Guidance is extended while it is being spoken by ``EngineGuidance``: one job on the engine's tick thread
+reads the progress and re-queues "the unsaid rest + the new words", so nothing is dropped or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bizra_voice import constants as C
+from bizra_voice.memory import ConversationMemory
+from bizra_voice.turns import TurnConfig, TurnDetector, TurnEvent
+
+log = logging.getLogger("ray.serve")
+
+MAX_GUIDE_TOKENS = 512  # the engine's guidance buffer (engine.batched.MAX_GUIDE_TOKENS)
+MAX_TYPED_CHARS = 2000
+MAX_PERSONA_CHARS = 600
+
+RouteFn = Callable[[str, str, "str | None"], Awaitable[dict]]
+AnswerFn = Callable[[str, list, "str | None"], AsyncIterator[str]]
+TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]
+EmitFn = Callable[[dict], Awaitable[None]]
+
+_MARKUP = re.compile(r"[*_#`\[\]]+")
+
+
+def speakable(text: str) -> str:
+    """Answer text as it should be said: no markdown symbols, no system tags."""
+    return _MARKUP.sub("", text.replace(C.SYSTEM_TAG, " "))
+
+
+class AnswerTokenizer:
+    """Cuts a streamed answer at word boundaries and encodes complete words with SentencePiece.
+
+    Encoding word-complete chunks gives the same pieces as encoding the whole text (SentencePiece marks
+    each word start with '▁'), so speaking can start before the answer is complete.
+    """
+
+    def __init__(self, sp: Any) -> None:
+        self.sp = sp
+        size = sp.get_piece_size()
+        silent = {0, C.TEXT_PAD_ID}
+        for name in ("unk_id", "bos_id", "eos_id", "pad_id"):
+            value = getattr(sp, name)()
+            if value >= 0:
+                silent.add(value)
+        self._valid = lambda t: 0 <= t < size and t not in silent
+        self._pending = ""
+
+    def _encode(self, text: str) -> list[int]:
+        text = " ".join(text.split())
+        return [int(t) for t in self.sp.encode(text) if self._valid(int(t))] if text else []
+
+    def feed(self, piece: str) -> list[int]:
+        self._pending += speakable(piece)
+        stripped = self._pending.rstrip()
+        cut = max(stripped.rfind(" "), stripped.rfind("\n"))
+        if cut <= 0 or not stripped[:cut].strip():
+            return []
+        chunk, self._pending = self._pending[:cut], self._pending[cut:]
+        return self._encode(chunk)
+
+    def flush(self) -> list[int]:
+        chunk, self._pending = self._pending, ""
+        return self._encode(chunk)
+
+
+class EngineGuidance:
+    """One answer's guidance on one live session, extendable while it is being spoken.
+
+    ``live`` is a ``LiveSession``: the first words go through ``live.guide``; later words are appended by
+    one job on the tick thread that reads the progress and re-queues the unsaid rest plus the new tokens
+    (set + progress happen between two ticks, so no token is dropped or repeated).
+    """
+
+    def __init__(self, live: Any, max_tokens: int = MAX_GUIDE_TOKENS) -> None:
+        self.live = live
+        self.max_tokens = max_tokens
+        self.tokens: list[int] = []
+        self.base = 0  # index in ``tokens`` where the engine's current guidance starts
+        self.started = False
+        self.cancelled = False
+        self._lock = asyncio.Lock()
+
+    def _extend_on_tick_thread(self) -> int:
+        if self.cancelled:
+            return 0
+        engine, slot = self.live.runtime.engine, self.live.slot
+        said, _queued = engine.guidance_progress(slot)
+        pos = self.base + said
+        rest = self.tokens[pos:pos + self.max_tokens]
+        if not rest:
+            return 0
+        self.base = pos
+        return engine.set_guidance(slot, rest)
+
+    def _cancel_on_tick_thread(self) -> int:
+        if self.cancelled:
+            return self.base
+        self.cancelled = True
+        if not self.started:
+            return 0
+        engine, slot = self.live.runtime.engine, self.live.slot
+        said, _queued = engine.guidance_progress(slot)
+        engine.cancel_guidance(slot)
+        return self.base + said
+
+    async def extend(self, tokens: list[int]) -> int:
+        if not tokens or self.cancelled or self.live.closed:
+            return 0
+        async with self._lock:
+            self.tokens.extend(tokens)
+            if not self.started:
+                self.started = True
+                return await self.live.guide(self.tokens[: self.max_tokens])
+            return await asyncio.wrap_future(self.live.runtime._submit(self._extend_on_tick_thread))
+
+    async def cancel(self) -> int:
+        """Stop speaking; returns how many answer tokens were said before the cancel."""
+        async with self._lock:
+            if self.live.closed:
+                self.cancelled = True
+                return 0
+            return await asyncio.wrap_future(self.live.runtime._submit(self._cancel_on_tick_thread))
+
+
+@dataclass
+class TurnState:
+    turn_id: int
+    text: str
+    source: str
+    t_end: float  # end of the user turn (detected, or the typed message's arrival)
+    timings: dict[str, float] = field(default_factory=dict)
+    guidance: Any = None
+    total_tokens: int = 0
+    guided_frames: int = 0
+    answer_done: bool = False
+    t_first_piece: float | None = None
+    finished: bool = False
+
+
+class HybridController:
+    def __init__(self, *, live: Any, emit: EmitFn, requested_mode: str, tokenizer: Any, route: RouteFn,
+                 answer: AnswerFn | None, transcribe: TranscribeFn | None, persona: str | None = None,
+                 deadline_ms: float = 1500.0, config: Any = None,
+                 guidance_factory: Callable[[Any], Any] = EngineGuidance,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        from bizra_voice.config import HybridConfig
+
+        self.live = live
+        self.emit = emit
+        self.requested = requested_mode
+        self.answer_tokenizer = tokenizer
+        self.route = route
+        self.answer = answer
+        self.transcribe = transcribe
+        self.persona = (persona or "")[:MAX_PERSONA_CHARS] or None
+        self.deadline_ms = deadline_ms
+        self.config = config or HybridConfig()
+        self.guidance_factory = guidance_factory
+        self.clock = clock
+        self.memory = ConversationMemory(max_turns=self.config.memory_turns)
+        self.turns = TurnDetector(TurnConfig(min_db=self.config.vad_min_db, hangover_ms=self.config.vad_hangover_ms,
+                                             early_end_ms=self.config.vad_early_end_ms))
+        self.listen = requested_mode != "standalone" and transcribe is not None
+        self.turn: TurnState | None = None
+        self._turn_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._turn_ids = 0
+        self.closed = False
+
+    # ---- plumbing -------------------------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if type(exc).__name__ != "ClientGone":
+                log.error("hybrid task failed", exc_info=exc)
+
+    async def _send(self, event: dict) -> None:
+        if not self.closed:
+            await self.emit(event)
+
+    def _ms(self, since: float) -> float:
+        return round((self.clock() - since) * 1000.0, 1)
+
+    async def close(self) -> None:
+        self.closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- inputs ---------------------------------------------------------------------------------------
+    async def on_user_text(self, _session: Any, event: dict) -> None:
+        """The client's typed question ``{"type": "user.text", "text": ...}``."""
+        text = event.get("text")
+        if not isinstance(text, str) or not text.strip():
+            await self._send({"type": "user.text.rejected", "reason": "text must be a non-empty string"})
+            return
+        self._begin_turn(" ".join(text.split())[:MAX_TYPED_CHARS], "typed", self.clock(), None)
+
+    def on_input_pcm(self, pcm: np.ndarray) -> None:
+        if not self.listen or self.closed:
+            return
+        for event in self.turns.push_user_pcm(pcm, self.clock()):
+            self._turn_event(event)
+
+    def on_output(self, out: Any) -> None:
+        if self.closed:
+            return
+        now = self.clock()
+        if out.text:
+            self.memory.add_assistant_text(out.text)
+        if self.listen:
+            event = self.turns.push_assistant_token(out.text is not None, now)
+            if event is not None:
+                self._turn_event(event)
+        turn = self.turn
+        if turn is None or turn.guidance is None or not out.guided or turn.finished:
+            return
+        turn.guided_frames += 1
+        if turn.guided_frames == 1:
+            timings = dict(turn.timings)
+            if turn.t_first_piece is not None:
+                timings["first_spoken_word_ms"] = self._ms(turn.t_first_piece)
+            timings["end_of_turn_to_first_word_ms"] = self._ms(turn.t_end)
+            turn.timings = timings
+            self._spawn(self._send({"type": "guidance.started", "turn_id": turn.turn_id, "timings": timings}))
+        if turn.answer_done and turn.guided_frames >= turn.total_tokens:
+            self._finish(turn, cancelled=False, said=turn.guided_frames, reason="spoken")
+
+    def _turn_event(self, event: TurnEvent) -> None:
+        if event.kind == "speech.start":
+            turn = self.turn
+            if (self.config.barge_in and turn is not None and turn.guidance is not None and not turn.finished):
+                self._spawn(self._barge_in(turn))
+        elif event.kind == "turn.end" and event.audio is not None:
+            self._spawn(self._transcribe_turn(event))
+
+    # ---- turns ----------------------------------------------------------------------------------------
+    async def _barge_in(self, turn: TurnState) -> None:
+        if self._turn_task is not None and self.turn is turn:
+            self._turn_task.cancel()  # stop reading (and generating) the rest of the answer
+        said = await turn.guidance.cancel()
+        await self._send({"type": "playback.flush", "turn_id": turn.turn_id, "reason": "barge-in"})
+        self._finish(turn, cancelled=True, said=said, reason="barge-in")
+
+    def _finish(self, turn: TurnState, *, cancelled: bool, said: int, reason: str) -> None:
+        if turn.finished:
+            return
+        turn.finished = True
+        self._spawn(self._send({"type": "guidance.ended", "turn_id": turn.turn_id, "cancelled": cancelled,
+                                "reason": reason, "said_tokens": said, "total_tokens": turn.total_tokens}))
+
+    async def _transcribe_turn(self, event: TurnEvent) -> None:
+        assert self.transcribe is not None and event.audio is not None
+        t_end = event.at
+        try:
+            result = await asyncio.wait_for(self.transcribe(event.audio, C.SAMPLE_RATE),
+                                            timeout=self.config.transcribe_timeout_s)
+        except Exception as exc:
+            detail = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+            await self._send({"type": "transcript.error", "reason": f"the transcriber failed ({detail})",
+                              "audio_s": round(event.audio.size / C.SAMPLE_RATE, 3)})
+            return
+        text = " ".join(str(result.get("text", "")).split())
+        info = {"transcribe_ms": self._ms(t_end), "audio_s": round(event.audio.size / C.SAMPLE_RATE, 3),
+                "speech_ms": round(event.speech_ms, 1), "end_reason": event.reason,
+                "model_ms": result.get("ms")}
+        if not text:
+            await self._send({"type": "transcript.user", "text": "", "source": "speech", "final": True, **info})
+            return
+        self._begin_turn(text, "speech", t_end, info)
+
+    def _begin_turn(self, text: str, source: str, t_end: float, info: dict | None) -> None:
+        previous = self._turn_task
+        self._turn_ids += 1
+        turn = TurnState(self._turn_ids, text, source, t_end)
+        turn.timings["transcribe_ms"] = (info or {}).get("transcribe_ms", 0.0)
+        self._turn_task = self._spawn(self._run_turn(turn, previous, info or {}))
+
+    async def _run_turn(self, turn: TurnState, previous: asyncio.Task | None, info: dict) -> None:
+        old = self.turn
+        if previous is not None and not previous.done():
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
+        if old is not None and old.guidance is not None and not old.finished:
+            said = await old.guidance.cancel()
+            self._finish(old, cancelled=True, said=said, reason="superseded by a new user turn")
+        self.turn = turn
+        user_turn = self.memory.add_user(turn.text, turn.source)
+        await self._send({"type": "transcript.user", "turn_id": turn.turn_id, "text": turn.text,
+                          "source": turn.source, "final": True, **info})
+        t_route = self.clock()
+        try:
+            decision = await asyncio.wait_for(self.route(self.requested, turn.text, self.memory.last_route),
+                                              timeout=self.config.route_timeout_s)
+        except Exception as exc:
+            decision = {"type": "router.decision", "mode": "standalone", "requested": self.requested,
+                        "reason": f"this turn stays standalone: the router is unavailable ({type(exc).__name__})"}
+        turn.timings["route_ms"] = self._ms(t_route)
+        self.memory.set_route(user_turn, decision["mode"])
+        await self._send({**decision, "turn_id": turn.turn_id, "route_ms": turn.timings["route_ms"]})
+        if decision["mode"] != "hybrid" or self.answer is None:
+            return
+        await self._answer(turn, user_turn)
+
+    async def _fallback(self, turn: TurnState, user_turn: Any, why: str) -> None:
+        self.memory.set_route(user_turn, "standalone")
+        await self._send({"type": "router.decision", "mode": "standalone", "requested": self.requested,
+                          "fallback": True, "turn_id": turn.turn_id,
+                          "reason": f"this turn stays standalone: {why}"})
+
+    async def _answer(self, turn: TurnState, user_turn: Any) -> None:
+        assert self.answer is not None
+        context = self.memory.context(self.config.context_turns)
+        t_ask = self.clock()
+        stream = self.answer(turn.text, context, self.persona)
+        iterator = stream.__aiter__()
+        try:
+            first = await asyncio.wait_for(iterator.__anext__(), timeout=self.deadline_ms / 1000.0)
+        except asyncio.TimeoutError:
+            _cancel_stream(stream)
+            await self._fallback(turn, user_turn, f"the knowledge model (Qwen) gave no first token within the "
+                                 f"{self.deadline_ms:.0f} ms deadline")
+            return
+        except StopAsyncIteration:
+            await self._fallback(turn, user_turn, "the knowledge model (Qwen) returned an empty answer")
+            return
+        except Exception as exc:
+            _cancel_stream(stream)
+            await self._fallback(turn, user_turn, f"the knowledge model (Qwen) failed ({type(exc).__name__})")
+            return
+        turn.t_first_piece = self.clock()
+        turn.timings["qwen_first_token_ms"] = self._ms(t_ask)
+        splitter = AnswerTokenizer(self.answer_tokenizer)
+        turn.guidance = self.guidance_factory(self.live)
+        text = ""
+        piece: str | None = first
+        deadline = self.clock() + self.config.answer_timeout_s
+        try:
+            while piece is not None:
+                text += piece
+                await self._send({"type": "knowledge.answer", "turn_id": turn.turn_id, "delta": piece,
+                                  "done": False})
+                tokens = splitter.feed(piece)
+                turn.total_tokens += len(tokens)
+                await turn.guidance.extend(tokens)
+                remaining = deadline - self.clock()
+                try:
+                    piece = await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, remaining))
+                except StopAsyncIteration:
+                    piece = None
+        except asyncio.TimeoutError:
+            _cancel_stream(stream)
+        except asyncio.CancelledError:
+            _cancel_stream(stream)
+            raise
+        tail = splitter.flush()
+        turn.total_tokens += len(tail)
+        await turn.guidance.extend(tail)
+        turn.timings["qwen_total_ms"] = self._ms(t_ask)
+        await self._send({"type": "knowledge.answer", "turn_id": turn.turn_id, "text": " ".join(text.split()),
+                          "done": True, "tokens": list(turn.guidance.tokens), "timings": dict(turn.timings)})
+        turn.answer_done = True
+        if turn.guided_frames >= turn.total_tokens:
+            self._finish(turn, cancelled=False, said=turn.guided_frames,
+                         reason="spoken" if turn.total_tokens else "nothing speakable in the answer")
+
+
+def _cancel_stream(stream: Any) -> None:
+    cancel = getattr(stream, "cancel", None)
+    if callable(cancel):
+        with contextlib.suppress(Exception):  # already finished
+            cancel()

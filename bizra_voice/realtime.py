@@ -1,0 +1,402 @@
+"""OpenAI Realtime (GA) protocol for ``/v1/realtime``: event parsing, event building, response segmentation.
+
+Pure (no Ray, no sockets): ``bizra_voice/serve/realtime_session.py`` drives it.
+
+Client events handled: ``session.update`` (``instructions`` -> persona, ``audio.output.voice`` -> voice,
+plus our extensions ``mode`` and ``record``), ``input_audio_buffer.append`` (base64 PCM16 LE, 24 kHz mono),
+``input_audio_buffer.commit``, ``input_audio_buffer.clear``, ``response.create`` and ``response.cancel``.
+Anything else is answered with a recoverable ``error`` event.
+
+**Responses in a full-duplex model.** PersonaPlex listens and speaks at once; it has no request/response
+boundary, so responses are synthesised from its output (``ResponseSegmenter``): a frame *speaks* when it
+carries a text piece or its audio RMS is above ``speech_rms`` (-40 dBFS). The first speaking frame opens a
+response (``response.created``); every frame from then on is sent as ``response.output_audio.delta`` (and
+its text as ``response.output_audio_transcript.delta``) until ``end_silence_frames`` (10 = 800 ms)
+consecutive non-speaking frames, which close it (``response.output_audio.done``,
+``response.output_audio_transcript.done``, ``response.done`` status ``completed``). Frames outside a
+response are the model's silence and are not sent. ``response.create`` is accepted (the model decides when
+to speak); ``response.cancel`` closes the open response with status ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from bizra_voice import constants as C
+from bizra_voice.session_params import normalize_voice
+
+MAX_EVENT_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one input_audio_buffer.append
+MODES = ("standalone", "hybrid", "auto")
+
+
+class RealtimeError(Exception):
+    """A client event could not be honoured; becomes an ``error`` event (the session stays open)."""
+
+    def __init__(self, message: str, code: str, *, param: str | None = None, event_id: str | None = None,
+                 error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.event_id = event_id
+        self.error_type = error_type
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def error_event(message: str, code: str, *, error_type: str = "invalid_request_error", param: str | None = None,
+                event_id: str | None = None) -> dict[str, Any]:
+    """A GA ``error`` server event."""
+    return {"type": "error", "event_id": new_id("event"),
+            "error": {"type": error_type, "code": code, "message": message, "param": param,
+                      "event_id": event_id}}
+
+
+def encode_pcm16(pcm: np.ndarray) -> str:
+    """float32 [-1, 1] -> base64 PCM16 little-endian."""
+    samples = np.clip(np.asarray(pcm, np.float32).reshape(-1), -1.0, 1.0)
+    return base64.b64encode((samples * 32767.0).round().astype("<i2").tobytes()).decode("ascii")
+
+
+def decode_pcm16(data: Any, event_id: str | None = None) -> np.ndarray:
+    """base64 PCM16 little-endian -> float32 [-1, 1); raises RealtimeError on bad input."""
+    if not isinstance(data, str):
+        raise RealtimeError("input_audio_buffer.append needs `audio`: a base64 string of PCM16 24 kHz mono.",
+                            "invalid_value", param="audio", event_id=event_id)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RealtimeError("`audio` is not valid base64.", "invalid_value", param="audio",
+                            event_id=event_id) from None
+    if len(raw) % 2:
+        raise RealtimeError("`audio` must hold whole 16-bit samples (an even number of bytes).", "invalid_value",
+                            param="audio", event_id=event_id)
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+# ---- client events ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SessionChanges:
+    """What a ``session.update`` asks for (None = unchanged)."""
+
+    instructions: str | None = None
+    voice: str | None = None
+    mode: str | None = None
+    record: bool | None = None
+    transcription: bool | None = None  # audio.input.transcription set (True) or null (False)
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel"]
+    event_id: str | None = None
+    pcm: np.ndarray | None = None
+    changes: SessionChanges | None = None
+
+
+def _format_ok(fmt: Any, where: str, event_id: str | None) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" or \
+            fmt.get("rate", C.SAMPLE_RATE) != C.SAMPLE_RATE:
+        raise RealtimeError(f"Only audio/pcm at {C.SAMPLE_RATE} Hz is supported for {where}.",
+                            "unsupported_audio_format", param=f"session.{where}.format", event_id=event_id)
+
+
+def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
+    if not isinstance(session, dict):
+        raise RealtimeError("session.update needs a `session` object.", "invalid_value", param="session",
+                            event_id=event_id)
+    if session.get("type", "realtime") != "realtime":
+        raise RealtimeError("Only realtime sessions are served here (not transcription sessions).",
+                            "invalid_value", param="session.type", event_id=event_id)
+    instructions = session.get("instructions")
+    if instructions is not None and (not isinstance(instructions, str) or len(instructions) > C.MAX_PROMPT_CHARS
+                                     or "\x00" in instructions):
+        raise RealtimeError(f"`instructions` must be text of at most {C.MAX_PROMPT_CHARS} characters.",
+                            "invalid_value", param="session.instructions", event_id=event_id)
+    audio = session.get("audio") or {}
+    if not isinstance(audio, dict):
+        raise RealtimeError("`audio` must be an object.", "invalid_value", param="session.audio", event_id=event_id)
+    audio_in = audio.get("input") or {}
+    audio_out = audio.get("output") or {}
+    _format_ok(audio_in.get("format"), "audio.input", event_id)
+    _format_ok(audio_out.get("format"), "audio.output", event_id)
+    voice = audio_out.get("voice")
+    if voice is not None:
+        if isinstance(voice, dict):
+            voice = voice.get("id")
+        try:
+            voice = normalize_voice(str(voice))
+        except ValueError as exc:
+            raise RealtimeError(str(exc), "invalid_value", param="session.audio.output.voice",
+                                event_id=event_id) from None
+    mode = session.get("mode")
+    if mode is not None and mode not in MODES:
+        raise RealtimeError(f"`mode` must be one of {', '.join(MODES)}.", "invalid_value", param="session.mode",
+                            event_id=event_id)
+    record = session.get("record")
+    if record is not None and not isinstance(record, bool):
+        raise RealtimeError("`record` must be true or false.", "invalid_value", param="session.record",
+                            event_id=event_id)
+    transcription = None
+    if "transcription" in audio_in:
+        transcription = audio_in["transcription"] is not None
+    return SessionChanges(instructions=instructions, voice=voice, mode=mode, record=record,
+                          transcription=transcription, event_id=event_id)
+
+
+def parse_client_event(data: str | bytes) -> ClientEvent:
+    """One WebSocket text message -> a ``ClientEvent``; raises RealtimeError (recoverable) on anything else."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise RealtimeError(f"An event may be at most {MAX_EVENT_BYTES} bytes.", "event_too_large")
+    try:
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise RealtimeError("Events must be JSON objects.", "invalid_json") from None
+    if not isinstance(event, dict):
+        raise RealtimeError("Events must be JSON objects.", "invalid_json")
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    kind = event.get("type")
+    if kind == "session.update":
+        return ClientEvent("session.update", event_id, changes=_session_changes(event.get("session"), event_id))
+    if kind == "input_audio_buffer.append":
+        return ClientEvent("append", event_id, pcm=decode_pcm16(event.get("audio"), event_id))
+    if kind == "input_audio_buffer.commit":
+        return ClientEvent("commit", event_id)
+    if kind == "input_audio_buffer.clear":
+        return ClientEvent("clear", event_id)
+    if kind == "response.create":
+        return ClientEvent("response.create", event_id)
+    if kind == "response.cancel":
+        return ClientEvent("response.cancel", event_id)
+    raise RealtimeError(f"Unsupported event type {str(kind)[:64]!r}: this server handles session.update, "
+                        "input_audio_buffer.append/commit/clear and response.create/cancel.", "unknown_event",
+                        param="type", event_id=event_id)
+
+
+# ---- response segmentation -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    end_silence_frames: int = 10  # 800 ms of silence closes a response
+    speech_rms: float = 0.01  # -40 dBFS
+
+
+@dataclass
+class SegmentStep:
+    started: bool = False  # this frame opened a response
+    in_response: bool = False  # this frame belongs to the open response (send it)
+    ended: bool = False  # the response closed after this frame
+
+
+@dataclass
+class ResponseSegmenter:
+    """Full duplex has no response boundary: open on the first speaking frame, close after a silence."""
+
+    config: SegmenterConfig = field(default_factory=SegmenterConfig)
+    active: bool = False
+    silent_frames: int = 0
+
+    def speaks(self, text: str, pcm: np.ndarray) -> bool:
+        if text.strip():
+            return True
+        samples = np.asarray(pcm, np.float32)
+        return bool(samples.size) and float(np.sqrt(np.mean(samples * samples))) >= self.config.speech_rms
+
+    def step(self, text: str, pcm: np.ndarray) -> SegmentStep:
+        speaking = self.speaks(text, pcm)
+        if not self.active:
+            if not speaking:
+                return SegmentStep()
+            self.active, self.silent_frames = True, 0
+            return SegmentStep(started=True, in_response=True)
+        self.silent_frames = 0 if speaking else self.silent_frames + 1
+        if self.silent_frames >= self.config.end_silence_frames:
+            self.active, self.silent_frames = False, 0
+            return SegmentStep(in_response=True, ended=True)
+        return SegmentStep(in_response=True)
+
+    def cancel(self) -> bool:
+        """Close the open response now; True when one was open."""
+        was, self.active, self.silent_frames = self.active, False, 0
+        return was
+
+
+# ---- the protocol state of one connection ------------------------------------------------------------------
+
+@dataclass
+class RealtimeSettings:
+    """The session's effective configuration (what session.created/updated report)."""
+
+    model: str = "personaplex-7b-v1"
+    instructions: str = ""
+    voice: str = ""
+    mode: str = "auto"
+    record: bool = False
+    transcription: bool = False
+
+
+class RealtimeProtocol:
+    """Builds the server events of one ``/v1/realtime`` connection from engine frames and client events."""
+
+    def __init__(self, settings: RealtimeSettings, session_id: str | None = None,
+                 segmenter: SegmenterConfig | None = None) -> None:
+        self.settings = settings
+        self.session_id = session_id or new_id("sess")
+        self.segmenter = ResponseSegmenter(segmenter or SegmenterConfig())
+        self.started = False  # engine session open: instructions and voice are fixed from here on
+        self.response_id: str | None = None
+        self.item_id: str | None = None
+        self.transcript: list[str] = []
+        self.frames = 0
+        self.responses = 0
+        self.last_item_id: str | None = None
+        self.created_at = int(time.time())
+
+    # session ------------------------------------------------------------------------------------------
+    def session_object(self) -> dict[str, Any]:
+        s = self.settings
+        fmt = {"type": "audio/pcm", "rate": C.SAMPLE_RATE}
+        return {
+            "type": "realtime", "object": "realtime.session", "id": self.session_id, "model": s.model,
+            "output_modalities": ["audio"], "instructions": s.instructions,
+            "audio": {
+                "input": {"format": fmt, "transcription": {"model": "whisper"} if s.transcription else None,
+                          "turn_detection": None, "noise_reduction": None},
+                "output": {"format": fmt, "voice": s.voice, "speed": 1.0},
+            },
+            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
+            "mode": s.mode, "record": s.record,
+        }
+
+    def session_created(self) -> dict[str, Any]:
+        return {"type": "session.created", "event_id": new_id("event"), "session": self.session_object()}
+
+    def session_updated(self) -> dict[str, Any]:
+        return {"type": "session.updated", "event_id": new_id("event"), "session": self.session_object()}
+
+    def apply(self, changes: SessionChanges) -> None:
+        """Apply a session.update; raises RealtimeError if it changes what the running engine session fixed."""
+        s = self.settings
+        if self.started:
+            fixed = [name for name, new, old in (("instructions", changes.instructions, s.instructions),
+                                                  ("voice", changes.voice, s.voice),
+                                                  ("mode", changes.mode, s.mode),
+                                                  ("record", changes.record, s.record))
+                     if new is not None and new != old]
+            if fixed:
+                raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are "
+                                    "prefilled into the model's session); open a new connection instead.",
+                                    "session_locked", param=f"session.{fixed[0]}", event_id=changes.event_id)
+        if changes.instructions is not None:
+            s.instructions = changes.instructions
+        if changes.voice is not None:
+            s.voice = changes.voice
+        if changes.mode is not None:
+            s.mode = changes.mode
+        if changes.record is not None:
+            s.record = changes.record
+        if changes.transcription is not None:
+            s.transcription = changes.transcription
+
+    # output --------------------------------------------------------------------------------------------
+    def _response(self, status: str, *, reason: str | None = None, with_output: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "object": "realtime.response", "id": self.response_id, "status": status,
+            "status_details": {"type": status, "reason": reason} if status != "in_progress" else None,
+            "conversation_id": f"conv_{self.session_id}", "output_modalities": ["audio"],
+            "audio": {"output": {"format": {"type": "audio/pcm", "rate": C.SAMPLE_RATE},
+                                 "voice": self.settings.voice}},
+            "max_output_tokens": "inf", "metadata": None, "usage": None, "output": [],
+        }
+        if with_output:
+            body["output"] = [{"id": self.item_id, "object": "realtime.item", "type": "message",
+                               "role": "assistant", "status": "completed" if status == "completed" else "incomplete",
+                               "content": [{"type": "output_audio", "transcript": "".join(self.transcript)}]}]
+        return body
+
+    def _part(self, event_type: str, **extra: Any) -> dict[str, Any]:
+        return {"type": event_type, "event_id": new_id("event"), "response_id": self.response_id,
+                "item_id": self.item_id, "output_index": 0, "content_index": 0, **extra}
+
+    def _open(self) -> list[dict[str, Any]]:
+        self.response_id, self.item_id, self.transcript = new_id("resp"), new_id("item"), []
+        self.responses += 1
+        return [{"type": "response.created", "event_id": new_id("event"), "response": self._response("in_progress")}]
+
+    def _close(self, status: str, reason: str | None = None) -> list[dict[str, Any]]:
+        transcript = "".join(self.transcript)
+        events = [self._part("response.output_audio.done"),
+                  self._part("response.output_audio_transcript.done", transcript=transcript),
+                  {"type": "response.done", "event_id": new_id("event"),
+                   "response": self._response(status, reason=reason, with_output=True)}]
+        self.last_item_id = self.item_id
+        self.response_id = self.item_id = None
+        return events
+
+    def on_frame(self, pcm: np.ndarray, text: str) -> list[dict[str, Any]]:
+        """The server events for one 80 ms engine frame (none while the model is silent)."""
+        self.frames += 1
+        step = self.segmenter.step(text, pcm)
+        if not step.in_response:
+            return []
+        events = self._open() if step.started else []
+        events.append(self._part("response.output_audio.delta", delta=encode_pcm16(pcm)))
+        if text:
+            self.transcript.append(text)
+            events.append(self._part("response.output_audio_transcript.delta", delta=text))
+        if step.ended:
+            events.extend(self._close("completed"))
+        return events
+
+    def cancel(self, reason: str = "client_cancelled") -> list[dict[str, Any]]:
+        """Close the open response (response.cancel, or the end of the connection)."""
+        if not self.segmenter.cancel() or self.response_id is None:
+            return []
+        return self._close("cancelled", reason)
+
+    # input ---------------------------------------------------------------------------------------------
+    def committed(self, item_id: str) -> dict[str, Any]:
+        event = {"type": "input_audio_buffer.committed", "event_id": new_id("event"), "item_id": item_id,
+                 "previous_item_id": self.last_item_id}
+        self.last_item_id = item_id
+        return event
+
+    @staticmethod
+    def cleared() -> dict[str, Any]:
+        return {"type": "input_audio_buffer.cleared", "event_id": new_id("event")}
+
+    @staticmethod
+    def speech_started(item_id: str, audio_start_ms: int) -> dict[str, Any]:
+        return {"type": "input_audio_buffer.speech_started", "event_id": new_id("event"), "item_id": item_id,
+                "audio_start_ms": int(audio_start_ms)}
+
+    @staticmethod
+    def speech_stopped(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+        return {"type": "input_audio_buffer.speech_stopped", "event_id": new_id("event"), "item_id": item_id,
+                "audio_end_ms": int(audio_end_ms)}
+
+    @staticmethod
+    def transcription_completed(item_id: str, transcript: str, seconds: float) -> dict[str, Any]:
+        return {"type": "conversation.item.input_audio_transcription.completed", "event_id": new_id("event"),
+                "item_id": item_id, "content_index": 0, "transcript": transcript,
+                "usage": {"type": "duration", "seconds": round(float(seconds), 3)}}
+
+    @staticmethod
+    def transcription_failed(item_id: str, message: str) -> dict[str, Any]:
+        return {"type": "conversation.item.input_audio_transcription.failed", "event_id": new_id("event"),
+                "item_id": item_id, "content_index": 0,
+                "error": {"type": "transcription_error", "code": "transcription_failed", "message": message}}

@@ -1,0 +1,256 @@
+"""Hybrid mode end to end on the CPU dev profile through the real Ray Serve proxy (port 8000).
+
+Tiny random models: the words are gibberish, so these check the plumbing, the events and the order of
+the guided tokens in the 0x02 stream — not what is said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bizra_voice import protocol as P
+from bizra_voice.audio import OggOpusEncoder
+from bizra_voice.chat_client import chat_url
+from bizra_voice.constants import FRAME_MS, FRAME_SIZE, SAMPLE_RATE, TOKENIZER_FILENAME
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WAV = SHARED / "audio" / "user_turn_en.wav"
+QUESTION = "What is the capital of France?"
+
+pytestmark = pytest.mark.slow
+
+
+def speech() -> np.ndarray:
+    import sphn
+
+    pcm, sr = sphn.read(str(WAV))
+    assert sr == SAMPLE_RATE
+    return np.asarray(pcm[0], np.float32)
+
+
+class Conversation:
+    """A scripted client: streams audio in real time (silence unless told to ``say`` something) and
+    records every text piece and event in arrival order."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.log: list[tuple[str, object, float]] = []  # ("text"|"event"|"error", payload, time)
+        self._queue: list[np.ndarray] = []
+        self._new = asyncio.Event()
+
+    async def __aenter__(self) -> Conversation:
+        import websockets
+
+        self.ws = await websockets.connect(self.url, compression=None, max_size=None, open_timeout=30)
+        assert await asyncio.wait_for(self.ws.recv(), 60) == b"\x00"
+        self._tasks = [asyncio.create_task(self._stream()), asyncio.create_task(self._read())]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ws.close()
+
+    def say(self, pcm: np.ndarray) -> None:
+        self._queue.extend(pcm[k * FRAME_SIZE:(k + 1) * FRAME_SIZE] for k in range(len(pcm) // FRAME_SIZE))
+
+    async def _stream(self) -> None:
+        encoder = OggOpusEncoder()
+        silence = np.zeros(FRAME_SIZE, np.float32)
+        t0 = time.monotonic()
+        k = 0
+        while True:
+            await asyncio.sleep(max(0.0, t0 + k * FRAME_MS / 1000.0 - time.monotonic()))
+            frame = self._queue.pop(0) if self._queue else silence
+            ogg = encoder.encode(frame)
+            if ogg:
+                await self.ws.send(P.audio(ogg))
+            k += 1
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            msg = P.decode(raw, max_bytes=1 << 24)
+            if msg.kind == P.Kind.TEXT:
+                self.log.append(("text", msg.payload.decode("utf-8"), time.monotonic()))
+            elif msg.kind == P.Kind.METADATA:
+                self.log.append(("event", json.loads(msg.payload.decode("utf-8")), time.monotonic()))
+            elif msg.kind == P.Kind.ERROR:
+                self.log.append(("error", msg.payload.decode("utf-8"), time.monotonic()))
+            self._new.set()
+
+    async def send_event(self, event: dict) -> None:
+        await self.ws.send(P.metadata(event))
+
+    def events(self, kind: str) -> list[dict]:
+        return [p for k, p, _ in self.log if k == "event" and p.get("type") == kind]
+
+    async def wait(self, kind: str, timeout: float, where=lambda e: True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events(kind) if where(e)]
+            if found:
+                return found[0]
+            errors = [p for k, p, _ in self.log if k == "error"]
+            assert not errors, errors
+            assert time.monotonic() < deadline, (f"no {kind} within {timeout} s; events: "
+                                                 f"{[p.get('type') for k, p, _ in self.log if k == 'event']}")
+            self._new.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._new.wait(), timeout=0.2)
+
+
+def sp_pieces(cpu_args: dict, tokens: list[int]) -> list[str]:
+    import sentencepiece as spm
+
+    model = Path(cpu_args["cache_dir"]).expanduser() / "tiny-personaplex" / TOKENIZER_FILENAME
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    return [sp.id_to_piece(t).replace("▁", " ") for t in tokens]
+
+
+def is_subsequence(needle: list[str], hay: list[str]) -> bool:
+    it = iter(hay)
+    return all(any(h == n for h in it) for n in needle)
+
+
+def first_gap(needle: list[str], hay: list[str]) -> str:
+    pos = 0
+    for i, n in enumerate(needle):
+        try:
+            pos = hay.index(n, pos) + 1
+        except ValueError:
+            return f"piece {i} {n!r} missing after {hay[max(0, pos - 5):pos + 5]!r}; needle {needle!r}"
+    return "no gap"
+
+
+def qwen_answers(app: str) -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle("QwenKnowledge", app_name=app).status.remote().result()["answers"]
+
+
+def test_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
+    async def scenario():
+        async with Conversation(chat_url(cpu_server, mode="hybrid", seed=7, text_prompt="You are a guide.")) as c:
+            await c.send_event({"type": "user.text", "text": QUESTION})
+            done = await c.wait("knowledge.answer", 30, lambda e: e.get("done"))
+            ended = await c.wait("guidance.ended", 40)
+            return c, done, ended
+
+    c, done, ended = asyncio.run(scenario())
+    transcript = c.events("transcript.user")[0]
+    assert transcript["text"] == QUESTION and transcript["source"] == "typed"
+    decision = c.events("router.decision")[0]
+    assert decision["mode"] == "hybrid" and decision["requested"] == "hybrid" and "hybrid" in decision["reason"]
+    partials = [e for e in c.events("knowledge.answer") if not e["done"]]
+    assert partials and "".join(e["delta"] for e in partials).split() == done["text"].split()
+    assert done["text"] and done["tokens"] and set(done["timings"]) >= {"route_ms", "qwen_first_token_ms"}
+    assert ended["cancelled"] is False and ended["said_tokens"] == ended["total_tokens"] == len(done["tokens"])
+    # the answer's tokens appear, in order, in the 0x02 text stream after the decision
+    t_decision = next(t for k, p, t in c.log if k == "event" and p.get("type") == "router.decision")
+    texts = [p for k, p, t in c.log if k == "text" and t >= t_decision]
+    expected = sp_pieces(cpu_args, done["tokens"])
+    assert is_subsequence(expected, texts), first_gap(expected, texts)
+    started = c.events("guidance.started")[0]["timings"]
+    print("\nlatency (typed question, CPU):", json.dumps(started))
+
+
+def test_standalone_session_never_calls_qwen(cpu_server):
+    before = qwen_answers("bizra")
+
+    async def scenario():
+        async with Conversation(chat_url(cpu_server, mode="standalone")) as c:
+            await c.send_event({"type": "user.text", "text": QUESTION})
+            decision = await c.wait("router.decision", 15)
+            await asyncio.sleep(1.5)
+            return c, decision
+
+    c, decision = asyncio.run(scenario())
+    assert decision["mode"] == "standalone" and "never called" in decision["reason"]
+    assert not c.events("knowledge.answer") and not c.events("guidance.started")
+    assert qwen_answers("bizra") == before
+
+
+def test_barge_in_stops_the_guidance(cpu_server):
+    async def scenario():
+        async with Conversation(chat_url(cpu_server, mode="hybrid", seed=3)) as c:
+            await c.send_event({"type": "user.text", "text": "Explain, at length, how the tides work?"})
+            await c.wait("guidance.started", 30)
+            c.say(speech()[: 2 * SAMPLE_RATE])  # the user talks over the answer
+            flush = await c.wait("playback.flush", 10)
+            ended = await c.wait("guidance.ended", 10)
+            return flush, ended
+
+    flush, ended = asyncio.run(scenario())
+    assert flush["reason"] == "barge-in"
+    assert ended["cancelled"] is True and ended["reason"] == "barge-in"
+    assert 1 <= ended["said_tokens"] < ended["total_tokens"], ended
+
+
+def test_spoken_turn_is_transcribed_and_routed(cpu_server):
+    async def scenario():
+        async with Conversation(chat_url(cpu_server, mode="hybrid", seed=5)) as c:
+            c.say(speech())
+            transcript = await c.wait("transcript.user", 60, lambda e: e.get("source") == "speech")
+            decision = await c.wait("router.decision", 20)
+            started = await c.wait("guidance.started", 30) if transcript["text"] else None
+            return transcript, decision, started
+
+    transcript, decision, started = asyncio.run(scenario())
+    assert isinstance(transcript["text"], str) and transcript["final"] is True
+    # the random model talks all the time, so PersonaPlex's turn-taking may end the turn at the first pause
+    assert transcript["audio_s"] > 0.5 and transcript["speech_ms"] >= 240
+    assert transcript["end_reason"] in ("silence", "assistant") and transcript["transcribe_ms"] > 0
+    if transcript["text"]:  # random Whisper: an empty transcript ends the turn there
+        assert decision["mode"] == "hybrid" and decision["turn_id"] == transcript["turn_id"]
+        timings = started["timings"]
+        assert timings["transcribe_ms"] > 0 and timings["end_of_turn_to_first_word_ms"] >= timings["transcribe_ms"]
+        print("\nlatency (spoken turn, CPU):", json.dumps(timings))
+
+
+def test_qwen_deadline_and_dead_replica_keep_turns_standalone(cpu_server, cpu_args):
+    """A separate app whose router deadline is 1 ms, then whose Qwen replica is killed."""
+    import ray
+    from ray import serve
+
+    from bizra_voice.app import build_app
+    from tests.conftest import wait_http
+
+    args = copy.deepcopy(cpu_args)
+    args["router"]["deadline_ms"] = 1.0
+    args["transcriber"]["enabled"] = False
+    args["voice_server"]["debug_record_dir"] = None
+    serve.run(build_app(args), name="bizra-fault", route_prefix="/fault", blocking=False)
+    base = cpu_server + "/fault"
+    try:
+        wait_http(base + "/api/health", timeout_s=120)
+
+        async def one_turn() -> list[dict]:
+            async with Conversation(chat_url(base, mode="hybrid")) as c:
+                await c.send_event({"type": "user.text", "text": QUESTION})
+                await c.wait("router.decision", 20, lambda e: e["mode"] == "standalone")
+                await asyncio.sleep(0.5)
+                return c.events("router.decision")
+
+        decisions = asyncio.run(one_turn())
+        final = decisions[-1]
+        assert final["mode"] == "standalone" and "deadline" in final["reason"], decisions
+
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if "bizra-fault" in a["name"] and "QwenKnowledge" in a["name"]]
+        assert names, "no QwenKnowledge replica found for the fault app"
+        for name in names:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        decisions = asyncio.run(one_turn())
+        final = decisions[-1]
+        assert final["mode"] == "standalone" and "unhealthy" in final["reason"], decisions
+    finally:
+        serve.delete("bizra-fault")

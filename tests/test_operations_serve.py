@@ -1,0 +1,251 @@
+"""Issue 8 end to end on the CPU dev profile: /v1/realtime with the official openai client, Prometheus
+metrics on Ray's metrics endpoint, consent-gated recording (through the real Serve proxy on port 8000)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bizra_voice.chat_client import chat_url, run_chat
+from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
+
+pytestmark = pytest.mark.slow
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WAV = SHARED / "audio" / "user_turn_en.wav"
+
+
+def user_pcm(seconds: float) -> np.ndarray:
+    import sphn
+
+    pcm, sr = sphn.read(str(WAV))
+    assert sr == SAMPLE_RATE
+    return np.asarray(pcm[0, : int(seconds * SAMPLE_RATE)], dtype=np.float32)
+
+
+def pcm16_b64(pcm: np.ndarray) -> str:
+    return base64.b64encode((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+async def realtime_conversation(base_url: str, pcm: np.ndarray, *, record: bool = False,
+                                drain_s: float = 1.5, transcribe: bool = False) -> dict:
+    """Drive /v1/realtime with the official openai package: session.update, stream audio, collect events."""
+    from openai import AsyncOpenAI
+
+    ws_base = base_url.replace("http://", "ws://") + "/v1"
+    client = AsyncOpenAI(api_key="dummy-key", base_url=base_url + "/v1", websocket_base_url=ws_base)
+    events: list = []
+    query = {"record": "1"} if record else {}
+    async with client.realtime.connect(model="personaplex-7b-v1", extra_query=query) as conn:
+        await conn.session.update(session={
+            "type": "realtime", "instructions": "You are a terse test persona.",
+            "audio": {"output": {"voice": "NATF0"},
+                      "input": {"transcription": {"model": "whisper"} if transcribe else None}},
+            "mode": "standalone"})
+
+        async def reader():
+            async for event in conn:
+                events.append(event)
+
+        task = asyncio.create_task(reader())
+        start = time.monotonic()
+        chunk = 2 * FRAME_SIZE  # 160 ms per append, sent in real time
+        for k in range(0, len(pcm), chunk):
+            await conn.input_audio_buffer.append(audio=pcm16_b64(pcm[k:k + chunk]))
+            await asyncio.sleep(max(0.0, start + (k + chunk) / SAMPLE_RATE - time.monotonic()))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        await asyncio.sleep(drain_s)
+        await conn.close()
+        await asyncio.gather(task, return_exceptions=True)
+    return {"events": events}
+
+
+def types_of(events) -> list[str]:
+    return [e.type for e in events]
+
+
+def test_realtime_with_the_openai_client(cpu_server):
+    pcm = user_pcm(3.0)
+    out = asyncio.run(realtime_conversation(cpu_server, pcm, transcribe=True, drain_s=2.5))
+    events = out["events"]
+    kinds = types_of(events)
+    assert kinds[0] == "session.created", kinds[:5]
+    updated = [e for e in events if e.type == "session.updated"]
+    assert updated and updated[0].session.instructions == "You are a terse test persona."
+    assert updated[0].session.audio.output.voice == "NATF0"
+    assert "error" not in kinds, [e for e in events if e.type == "error"]
+    assert "input_audio_buffer.committed" in kinds
+    deltas = [e for e in events if e.type == "response.output_audio.delta"]
+    assert len(deltas) >= 10, kinds[:20]
+    created = [e for e in events if e.type == "response.created"]
+    assert created and deltas[0].response_id == created[0].response.id
+    audio = np.frombuffer(base64.b64decode(deltas[0].delta), "<i2")
+    assert audio.size == FRAME_SIZE
+    transcript = [e for e in events if e.type == "response.output_audio_transcript.delta"]
+    assert transcript and all(isinstance(e.delta, str) and e.delta for e in transcript)
+    assert kinds.index("response.created") < kinds.index("response.output_audio.delta")
+    # user speech -> the Transcriber deployment (tiny random Whisper here: the text itself is gibberish)
+    committed = {e.item_id for e in events if e.type == "input_audio_buffer.committed"}
+    heard = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert heard and heard[0].item_id in committed and heard[0].usage.seconds > 0
+
+
+def test_realtime_capacity_and_bad_events(cpu_server):
+    import websockets
+
+    async def scenario():
+        url = chat_url(cpu_server)
+        holders = [asyncio.create_task(run_chat(url, None, hold_s=5.0)) for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while json.loads(urllib.request.urlopen(cpu_server + "/api/health").read())["slots"]["free"] > 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        async with websockets.connect(cpu_server.replace("http", "ws") + "/v1/realtime", compression=None) as ws:
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            code = ws.close_code
+        await asyncio.gather(*holders)
+        # a bad event is a recoverable error: the session stays open
+        async with websockets.connect(cpu_server.replace("http", "ws") + "/v1/realtime", compression=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
+            await ws.send(json.dumps({"type": "conversation.item.create", "event_id": "mine"}))
+            err = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "mode": "hybrid"}}))
+            updated = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        return first, code, err, updated
+
+    first, code, err, updated = asyncio.run(scenario())
+    assert first["type"] == "error" and first["error"]["code"] == "server_at_capacity"
+    assert code == 1013
+    assert err["type"] == "error" and err["error"]["code"] == "unknown_event" and err["error"]["event_id"] == "mine"
+    assert updated["type"] == "session.updated" and updated["session"]["mode"] == "hybrid"
+
+
+def scrape(node_url: str) -> dict[str, float]:
+    """Sum each metric series over its labels (per metric name, with the `le` bucket kept)."""
+    body = urllib.request.urlopen(node_url, timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for line in body.splitlines():
+        if not line.startswith("ray_bizra_"):
+            continue
+        m = re.match(r"^(\w+)(\{.*\})?\s+([-+0-9.eEinfNa]+)$", line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        le = re.search(r'le="([^"]+)"', labels)
+        key = f"{name}[le={le.group(1)}]" if le else name
+        totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def metrics_url() -> str:
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
+def wait_metric(url: str, pred, timeout_s: float = 20.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = scrape(url)
+        if pred(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.5)
+
+
+def test_metrics_move_during_a_session(cpu_server):
+    url = metrics_url()
+    before = scrape(url)
+    ticks0 = before.get("ray_bizra_engine_tick_ms_count", 0.0)
+
+    async def session_and_probe():
+        task = asyncio.create_task(run_chat(chat_url(cpu_server), user_pcm(4.0)))
+        during = await asyncio.to_thread(wait_metric, url, lambda v: v.get("ray_bizra_sessions_active", 0) >= 1
+                                         and v.get("ray_bizra_engine_tick_ms_count", 0) > ticks0 + 5)
+        result = await task
+        return during, result
+
+    during, result = asyncio.run(session_and_probe())
+    assert result.handshake_s is not None, result.errors
+    assert during.get("ray_bizra_sessions_active", 0) >= 1, during
+    assert during["ray_bizra_engine_tick_ms_count"] > ticks0 + 5
+    assert "ray_bizra_engine_tick_ms_bucket[le=80.0]" in during
+    after = wait_metric(url, lambda v: v.get("ray_bizra_sessions_active", 1) == 0
+                        and v.get("ray_bizra_time_to_first_audio_ms_count", 0) > 0)
+    assert after["ray_bizra_sessions_active"] == 0
+    assert after["ray_bizra_engine_tick_ms_count"] >= during["ray_bizra_engine_tick_ms_count"]
+    assert after.get("ray_bizra_handshake_ms_count", 0) > 0
+    assert after.get("ray_bizra_time_to_first_audio_ms_count", 0) > 0
+    assert after.get("ray_bizra_router_decisions_total", 0) > 0  # Ray exports counters with _total
+
+
+def wait_folder(root: Path, session_id: str, timeout_s: float = 10.0) -> Path | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [p for p in root.glob(f"*-{session_id}") if (p / "assistant.wav").exists()]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    return None
+
+
+def test_recording_only_with_consent(cpu_server, cpu_recordings_dir):
+    import sphn
+
+    pcm = user_pcm(2.0)
+    consent = asyncio.run(run_chat(chat_url(cpu_server, record=1), pcm))
+    assert consent.handshake_s is not None, consent.errors
+    assert consent.event("recording") == {"type": "recording", "on": True}
+    sid = consent.event("session.started")["session_id"]
+    folder = wait_folder(cpu_recordings_dir, sid)
+    assert folder is not None, list(cpu_recordings_dir.iterdir())
+    user, sr = sphn.read(str(folder / "user.wav"))
+    assistant, _ = sphn.read(str(folder / "assistant.wav"))
+    assert sr == SAMPLE_RATE
+    assert abs(user.shape[-1] - pcm.size) <= FRAME_SIZE  # everything the engine heard
+    assert assistant.shape[-1] == consent.frames_received * FRAME_SIZE
+    lines = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+    kinds = [x["type"] for x in lines]
+    assert kinds[0] == "recording.started" and kinds[-1] == "recording.stopped"
+    assert "session.started" in kinds
+    assert lines[-1]["assistant_audio_s"] == pytest.approx(consent.frames_received * 0.08, abs=1e-3)
+
+    before = sorted(p.name for p in cpu_recordings_dir.iterdir())
+    no_consent = asyncio.run(run_chat(chat_url(cpu_server), pcm[: SAMPLE_RATE]))
+    assert no_consent.event("recording") == {"type": "recording", "on": False}
+    time.sleep(1.0)
+    assert sorted(p.name for p in cpu_recordings_dir.iterdir()) == before
+    assert not list(cpu_recordings_dir.glob(f"*-{no_consent.event('session.started')['session_id']}"))
+
+
+def test_realtime_recording_with_consent(cpu_server, cpu_recordings_dir):
+    import sphn
+
+    before = {p.name for p in cpu_recordings_dir.iterdir()}
+    pcm = user_pcm(1.6)
+    out = asyncio.run(realtime_conversation(cpu_server, pcm, record=True, drain_s=1.0))
+    assert "error" not in types_of(out["events"])
+    deadline = time.monotonic() + 10
+    new: list[Path] = []
+    while time.monotonic() < deadline and not new:
+        new = [p for p in cpu_recordings_dir.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
+        time.sleep(0.1)
+    assert len(new) == 1
+    user, _ = sphn.read(str(new[0] / "user.wav"))
+    assert abs(user.shape[-1] - pcm.size) <= FRAME_SIZE
+    kinds = [json.loads(x)["type"] for x in (new[0] / "events.jsonl").read_text().splitlines()]
+    assert "session.config" in kinds and "response.created" in kinds and "recording.stopped" in kinds
+    config = next(json.loads(x) for x in (new[0] / "events.jsonl").read_text().splitlines()
+                  if json.loads(x)["type"] == "session.config")
+    assert config["session"]["instructions"] == "You are a terse test persona." and config["session"]["record"]

@@ -1,0 +1,170 @@
+"""The pure OpenAI Realtime protocol: event parsing, PCM16 codec, response segmentation, event shapes."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from bizra_voice.constants import FRAME_SIZE
+from bizra_voice.realtime import (
+    RealtimeError,
+    RealtimeProtocol,
+    RealtimeSettings,
+    ResponseSegmenter,
+    SegmenterConfig,
+    decode_pcm16,
+    encode_pcm16,
+    parse_client_event,
+)
+
+SILENCE = np.zeros(FRAME_SIZE, np.float32)
+LOUD = (0.3 * np.sin(np.arange(FRAME_SIZE) / 5.0)).astype(np.float32)
+
+
+def ev(**event) -> str:
+    return json.dumps(event)
+
+
+def test_pcm16_round_trip_and_validation():
+    pcm = np.linspace(-1.0, 1.0, 480, dtype=np.float32)
+    back = decode_pcm16(encode_pcm16(pcm))
+    assert back.dtype == np.float32 and back.shape == pcm.shape
+    assert np.abs(back - pcm).max() < 1e-4
+    with pytest.raises(RealtimeError) as err:
+        decode_pcm16("not base64!!")
+    assert err.value.code == "invalid_value"
+    with pytest.raises(RealtimeError):
+        decode_pcm16(base64.b64encode(b"\x00\x01\x02").decode())  # odd byte count
+    with pytest.raises(RealtimeError):
+        decode_pcm16(123)
+
+
+def test_parse_session_update_maps_instructions_voice_mode():
+    event = parse_client_event(ev(type="session.update", event_id="e1", session={
+        "type": "realtime", "instructions": "You are a pirate.", "mode": "hybrid", "record": True,
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper"}},
+                  "output": {"voice": "NATF2.pt"}}}))
+    assert event.kind == "session.update" and event.event_id == "e1"
+    c = event.changes
+    assert (c.instructions, c.voice, c.mode, c.record, c.transcription) == (
+        "You are a pirate.", "NATF2", "hybrid", True, True)
+
+
+@pytest.mark.parametrize("session, code", [
+    ({"type": "realtime", "audio": {"output": {"voice": "../../etc/passwd"}}}, "invalid_value"),
+    ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "unsupported_audio_format"),
+    ({"type": "realtime", "mode": "turbo"}, "invalid_value"),
+    ({"type": "transcription"}, "invalid_value"),
+    ({"type": "realtime", "instructions": "x" * 5000}, "invalid_value"),
+])
+def test_parse_session_update_rejects(session, code):
+    with pytest.raises(RealtimeError) as err:
+        parse_client_event(ev(type="session.update", event_id="bad", session=session))
+    assert err.value.code == code and err.value.event_id == "bad"
+
+
+def test_parse_other_events():
+    pcm = np.full(960, 0.25, np.float32)
+    append = parse_client_event(ev(type="input_audio_buffer.append", audio=encode_pcm16(pcm)))
+    assert append.kind == "append" and append.pcm.size == 960 and abs(float(append.pcm[0]) - 0.25) < 1e-3
+    for kind, expected in (("input_audio_buffer.commit", "commit"), ("input_audio_buffer.clear", "clear"),
+                           ("response.create", "response.create"), ("response.cancel", "response.cancel")):
+        assert parse_client_event(ev(type=kind)).kind == expected
+    for raw, code in ((ev(type="conversation.item.create"), "unknown_event"), ("{nope", "invalid_json"),
+                      ("[1, 2]", "invalid_json")):
+        with pytest.raises(RealtimeError) as err:
+            parse_client_event(raw)
+        assert err.value.code == code
+
+
+def test_segmenter_opens_on_speech_and_closes_after_silence():
+    seg = ResponseSegmenter(SegmenterConfig(end_silence_frames=3))
+    assert seg.step("", SILENCE).in_response is False
+    first = seg.step(" hello", SILENCE)
+    assert first.started and first.in_response
+    assert seg.step("", LOUD).in_response  # loud audio without text keeps it open
+    steps = [seg.step("", SILENCE) for _ in range(3)]
+    assert [s.in_response for s in steps] == [True, True, True]
+    assert [s.ended for s in steps] == [False, False, True]
+    assert seg.step("", SILENCE).in_response is False
+    assert seg.step("", LOUD).started  # energy alone also opens one
+    assert seg.cancel() is True and seg.cancel() is False
+
+
+def test_protocol_builds_ga_events_for_one_response():
+    proto = RealtimeProtocol(RealtimeSettings(instructions="Be brief.", voice="NATM1"),
+                             segmenter=SegmenterConfig(end_silence_frames=2))
+    created = proto.session_created()
+    assert created["type"] == "session.created"
+    assert created["session"]["instructions"] == "Be brief."
+    assert created["session"]["audio"]["output"]["voice"] == "NATM1"
+    assert created["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert proto.on_frame(SILENCE, "") == []
+    events = proto.on_frame(LOUD, " Hi")
+    assert [e["type"] for e in events] == ["response.created", "response.output_audio.delta",
+                                           "response.output_audio_transcript.delta"]
+    response_id = events[0]["response"]["id"]
+    assert events[0]["response"]["status"] == "in_progress"
+    delta = events[1]
+    assert delta["response_id"] == response_id and delta["output_index"] == 0 and delta["content_index"] == 0
+    assert decode_pcm16(delta["delta"]).size == FRAME_SIZE
+    assert events[2]["delta"] == " Hi"
+    proto.on_frame(LOUD, " there")
+    proto.on_frame(SILENCE, "")
+    tail = proto.on_frame(SILENCE, "")
+    assert [e["type"] for e in tail] == ["response.output_audio.delta", "response.output_audio.done",
+                                         "response.output_audio_transcript.done", "response.done"]
+    assert tail[2]["transcript"] == " Hi there"
+    done = tail[3]["response"]
+    assert done["id"] == response_id and done["status"] == "completed"
+    assert done["output"][0]["content"][0] == {"type": "output_audio", "transcript": " Hi there"}
+    assert proto.cancel() == []  # nothing open any more
+
+
+def test_protocol_events_parse_with_the_openai_types():
+    """Our server events construct the openai package's own GA models with their fields intact."""
+    from openai.types.realtime import (
+        ConversationItemInputAudioTranscriptionCompletedEvent,
+        RealtimeErrorEvent,
+        ResponseAudioDeltaEvent,
+        ResponseDoneEvent,
+        SessionUpdatedEvent,
+    )
+
+    from bizra_voice.realtime import error_event
+
+    proto = RealtimeProtocol(RealtimeSettings(voice="NATF0"), segmenter=SegmenterConfig(end_silence_frames=1))
+    events = proto.on_frame(LOUD, " a") + proto.on_frame(SILENCE, "")
+    by_type = {e["type"]: e for e in events}
+    delta = ResponseAudioDeltaEvent.model_validate(by_type["response.output_audio.delta"])
+    assert delta.response_id == by_type["response.created"]["response"]["id"]
+    done = ResponseDoneEvent.model_validate(by_type["response.done"])
+    assert done.response.status == "completed"
+    SessionUpdatedEvent.model_validate(proto.session_updated())
+    t = ConversationItemInputAudioTranscriptionCompletedEvent.model_validate(
+        proto.transcription_completed("item_1", "hello", 1.5))
+    assert t.transcript == "hello" and t.usage.seconds == 1.5
+    err = RealtimeErrorEvent.model_validate(error_event("full", "server_at_capacity", error_type="server_error"))
+    assert err.error.code == "server_at_capacity"
+
+
+def test_session_locked_after_start_and_cancel_closes_response():
+    proto = RealtimeProtocol(RealtimeSettings(instructions="A", voice="NATM1"))
+    proto.apply(parse_client_event(ev(type="session.update", session={"type": "realtime",
+                                                                       "instructions": "B"})).changes)
+    assert proto.settings.instructions == "B"
+    proto.started = True
+    same = parse_client_event(ev(type="session.update", session={"type": "realtime", "instructions": "B"}))
+    proto.apply(same.changes)  # unchanged values are fine
+    with pytest.raises(RealtimeError) as err:
+        proto.apply(parse_client_event(ev(type="session.update", event_id="x", session={
+            "type": "realtime", "audio": {"output": {"voice": "NATF1"}}})).changes)
+    assert err.value.code == "session_locked" and err.value.event_id == "x"
+    proto.on_frame(LOUD, " yo")
+    cancelled = proto.cancel()
+    assert cancelled[-1]["type"] == "response.done"
+    assert cancelled[-1]["response"]["status"] == "cancelled"
+    assert cancelled[-1]["response"]["status_details"]["reason"] == "client_cancelled"

@@ -1,0 +1,332 @@
+"""Reliability and security through the real Serve proxy: bad input, auth/origin, replica kill, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bizra_voice import protocol as P
+from bizra_voice.audio import encode_ogg
+from bizra_voice.audio.ogg_check import ogg_page
+from bizra_voice.chat_client import chat_url, run_chat
+from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
+from tests.test_serve_cpu import get_json, offline_tokens, user_pcm, wait_free_slots
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "rel-s3cret-token"
+REL_PREFIX = "/rel"
+
+
+async def bad_case(url: str, messages: list[bytes | str], *, before_handshake: bool = False,
+                   subprotocols: list[str] | None = None, origin: str | None = None) -> tuple[list[str], int | None]:
+    """Open a session, send ``messages``; return the 0x05 errors and the close code."""
+    import websockets
+
+    kwargs = {"compression": None, "max_size": None, "open_timeout": 30}
+    if subprotocols:
+        kwargs["subprotocols"] = subprotocols
+    if origin:
+        kwargs["origin"] = origin
+    errors: list[str] = []
+    async with websockets.connect(url, **kwargs) as ws:
+        if not before_handshake:
+            first = await asyncio.wait_for(ws.recv(), 30)
+            if first != b"\x00":
+                errors.append(P.decode(first).text())
+        for m in messages:
+            try:
+                await ws.send(m)
+            except websockets.ConnectionClosed:
+                break
+        try:
+            while True:
+                raw = await asyncio.wait_for(ws.recv(), 15)
+                if isinstance(raw, bytes) and raw[:1] == b"\x05":
+                    errors.append(P.decode(raw).text())
+        except websockets.ConnectionClosed:
+            pass
+        return errors, ws.close_code
+
+
+def _valid_stream() -> list[bytes]:
+    return encode_ogg(np.zeros(3 * FRAME_SIZE, np.float32))
+
+
+def bad_corpus(base: str) -> list[tuple[str, str, list, dict, int, str]]:
+    """(name, url, messages, options, close code, text expected in the error)."""
+    url = chat_url(base)
+    ok = _valid_stream()
+    return [
+        ("unknown kind", url, [b"\x09abc"], {}, 1008, "unknown message kind 0x09"),
+        ("empty message", url, [b""], {}, 1008, "empty message"),
+        ("oversize message", url, [b"\x01" + bytes(P.MAX_MESSAGE_BYTES)], {}, 1009, "byte limit"),
+        ("text frame", url, ["hello"], {}, 1003, "binary"),
+        ("server-only kind", url, [P.text("hi")], {}, 1008, "may not send text"),
+        ("invalid json", url, [b"\x04{nope"], {}, 1007, "not valid JSON"),
+        ("invalid ogg", url, [P.audio(b"definitely not ogg")], {}, 1008, "not Ogg pages"),
+        ("corrupt ogg", url, [P.audio(ok[0][:-3] + b"xyz")], {}, 1008, "checksum"),
+        ("non-opus ogg", url, [P.audio(ogg_page(b"\x01vorbis" + bytes(23), flags=2))], {}, 1008, "not Opus"),
+        ("audio before handshake", chat_url(base, text_prompt="x " * 600), [P.audio(ok[0])],
+         {"before_handshake": True}, 1008, "before the server's handshake"),
+        ("nan temperature", chat_url(base, text_temperature="nan"), [], {}, 1008, "text_temperature"),
+        ("temperature out of range", chat_url(base, audio_temperature="9"), [], {}, 1008, "audio_temperature"),
+        ("negative topk", chat_url(base, text_topk="-3"), [], {}, 1008, "text_topk"),
+        ("voice path", chat_url(base, voice_prompt="../../etc/passwd"), [], {}, 1008, "voice_prompt"),
+        ("voice backslash", chat_url(base, voice_prompt="..\\x.pt"), [], {}, 1008, "voice_prompt"),
+        ("unknown voice", chat_url(base, voice_prompt="NOPE"), [], {}, 1008, "NOPE"),
+        ("long prompt", chat_url(base, text_prompt="a" * 5000), [], {}, 1008, "longer than"),
+        ("bad mode", chat_url(base, mode="turbo"), [], {}, 1008, "mode"),
+    ]
+
+
+def test_bad_input_corpus_while_a_good_session_runs(cpu_server, cpu_args, cpu_record_dir):
+    pcm = user_pcm()[: 5 * SAMPLE_RATE]
+    url = chat_url(cpu_server, voice_prompt="NATM1", text_prompt="You are a calm test persona.", greedy=1, seed=0)
+
+    async def scenario():
+        good = asyncio.create_task(run_chat(url, pcm))
+        await asyncio.sleep(0.5)
+        outcomes = []
+        for name, bad_url, messages, opts, code, text in bad_corpus(cpu_server):
+            outcomes.append((name, code, text, await bad_case(bad_url, messages, **opts)))
+        return await good, outcomes
+
+    good, outcomes = asyncio.run(scenario())
+    for name, code, text, (errors, got) in outcomes:
+        assert got == code, (name, got, errors)
+        assert errors and text in errors[0], (name, errors)
+    # a megabyte prompt cannot even form a WebSocket URL the proxy accepts: refused at the HTTP upgrade
+    import websockets
+
+    async def megabyte():
+        try:
+            async with websockets.connect(chat_url(cpu_server, text_prompt="a" * (1 << 20)), open_timeout=10):
+                return "opened"
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+        except (websockets.InvalidMessage, ConnectionError, websockets.ConnectionClosed, TimeoutError) as exc:
+            return type(exc).__name__
+
+    assert asyncio.run(megabyte()) != "opened"
+    # the good session was untouched: complete, no errors, tokens equal to its solo offline run
+    assert good.handshake_s is not None and not good.errors and good.close_code == 1000
+    started = good.event("session.started")
+    record = cpu_record_dir / f"{started['session_id']}.npz"
+    deadline = time.monotonic() + 10
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    data = np.load(record)
+    served = data["text_tokens"].tolist()
+    checkpoint = Path(cpu_args["cache_dir"]).expanduser() / "tiny-personaplex"
+    reference = offline_tokens(checkpoint, data["input_pcm"], "NATM1", "You are a calm test persona.")
+    assert len(served) >= 0.9 * (len(pcm) // FRAME_SIZE) and served == reference[: len(served)]
+    assert wait_free_slots(cpu_server, 4)["slots"]["free"] == 4
+    assert get_json(cpu_server, "/api/health")["status"] == "ok"
+
+
+# ---- a second app: 2 replicas, token + origin allow-list --------------------------------------------------
+@pytest.fixture(scope="module")
+def rel_server(cpu_server, cpu_args):
+    from ray import serve
+
+    from bizra_voice.app import build_app
+    from bizra_voice.config import AppConfig
+
+    args = json.loads(json.dumps(cpu_args))
+    args["voice_server"].update(min_replicas=2, max_replicas=2, debug_record_dir=None)
+    args["engine"]["slots"] = 2
+    args["qwen"]["enabled"] = False
+    if "transcriber" in AppConfig.model_fields:
+        args.setdefault("transcriber", {})["enabled"] = False
+    args["access"] = {"token": TOKEN, "allowed_origins": ["https://voice.example"]}
+    args["reliability"] = {"drain_notice_s": 1.0}
+    serve.run(build_app(args), name="bizra-rel", route_prefix=REL_PREFIX, blocking=False)
+    base = cpu_server + REL_PREFIX
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if get_json(base, f"/api/health?token={TOKEN}")["status"] == "ok":
+                break
+        except Exception:
+            assert time.monotonic() < deadline, "bizra-rel did not come up"
+            time.sleep(0.5)
+    yield base
+    with contextlib.suppress(Exception):
+        serve.delete("bizra-rel")
+
+
+def http_status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_token_and_origin(rel_server):
+    base = rel_server
+    assert http_status(base + "/api/health") == 401
+    assert http_status(base + "/api/health?token=wrong") == 401
+    assert http_status(base + f"/api/health?token={TOKEN}") == 200
+    assert http_status(base + "/api/voices", {"Authorization": f"Bearer {TOKEN}"}) == 200
+    assert http_status(base + f"/api/voices?token={TOKEN}", {"Origin": "https://evil.example"}) == 403
+    assert http_status(base + f"/api/voices?token={TOKEN}", {"Origin": "https://voice.example"}) == 200
+
+    async def cases():
+        wrong = await bad_case(chat_url(base, token="wrong"), [], before_handshake=True)
+        none = await bad_case(chat_url(base), [], before_handshake=True)
+        foreign = await bad_case(chat_url(base, token=TOKEN), [], before_handshake=True, origin="https://evil.example")
+        ok_query = await run_chat(chat_url(base, token=TOKEN), None, hold_s=0.3)
+        return wrong, none, foreign, ok_query
+
+    wrong, none, foreign, ok_query = asyncio.run(cases())
+    assert wrong[1] == 4401 and "wrong" in wrong[0][0]
+    assert none[1] == 4401 and "required" in none[0][0]
+    assert foreign[1] == 4403 and "evil.example" in foreign[0][0]
+    assert ok_query.handshake_s is not None and ok_query.close_code == 1000
+
+    async def subprotocol() -> tuple[str | None, bytes]:
+        import websockets
+
+        async with websockets.connect(chat_url(base), subprotocols=[f"bizra-token.{TOKEN}"], compression=None,
+                                      origin="https://voice.example") as ws:
+            return ws.subprotocol, await asyncio.wait_for(ws.recv(), 30)
+
+    chosen, first = asyncio.run(subprotocol())
+    assert chosen == f"bizra-token.{TOKEN}" and first == b"\x00"
+
+
+def _replica_actor(replica_id: str):
+    import ray
+
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        if replica_id in info["name"] and "VoiceServer" in info["name"]:
+            return ray.get_actor(info["name"], namespace=info["namespace"])
+    raise LookupError(replica_id)
+
+
+class Streamer:
+    """A session that streams audio in real time until stopped; notes what it saw."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started = asyncio.get_running_loop().create_future()
+        self.events: list[dict] = []
+        self.errors: list[str] = []
+        self.frames = 0
+        self.close: tuple[int | None, str] = (None, "")
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self._guarded())
+
+    async def _guarded(self) -> None:
+        try:
+            await self.run()
+            if not self.started.done():
+                self.started.set_exception(RuntimeError(f"no session.started: {self.errors} {self.close}"))
+        except Exception as exc:
+            if not self.started.done():
+                self.started.set_exception(exc)
+            raise
+
+    async def run(self) -> None:
+        import websockets
+
+        chunks = encode_ogg((0.05 * np.random.default_rng(0).standard_normal(60 * SAMPLE_RATE)).astype(np.float32))
+        async with websockets.connect(self.url, compression=None, max_size=None) as ws:
+
+            handshake = asyncio.Event()
+
+            async def reader():
+                try:
+                    async for raw in ws:
+                        msg = P.decode(raw, 1 << 24)
+                        if msg.kind == P.Kind.HANDSHAKE:
+                            handshake.set()
+                        elif msg.kind == P.Kind.METADATA:
+                            event = msg.json()
+                            self.events.append(event)
+                            if event.get("type") == "session.started" and not self.started.done():
+                                self.started.set_result(event)
+                        elif msg.kind == P.Kind.ERROR:
+                            self.errors.append(msg.text())
+                        elif msg.kind == P.Kind.AUDIO:
+                            self.frames += 1
+                except websockets.ConnectionClosed:
+                    pass
+
+            rd = asyncio.create_task(reader())
+            await asyncio.wait([rd, asyncio.create_task(handshake.wait())], timeout=30,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for chunk in chunks:
+                if self.stop.is_set() or rd.done():
+                    break
+                try:
+                    await ws.send(P.audio(chunk))
+                except websockets.ConnectionClosed:
+                    break
+                await asyncio.sleep(0.08)
+            if not rd.done():
+                await ws.close()
+            await rd
+            self.close = (ws.close_code, ws.close_reason)
+
+
+def test_replica_kill_then_reconnect_and_drain_on_delete(rel_server):
+    import ray
+    from ray import serve
+
+    base = rel_server
+    url = chat_url(base, token=TOKEN)
+
+    async def scenario():
+        sessions: list[Streamer] = []
+        by_replica: dict[str, Streamer] = {}
+        for _ in range(4):  # 2 replicas x 2 slots: power-of-two-choices spreads them
+            s = Streamer(url)
+            sessions.append(s)
+            started = await asyncio.wait_for(s.started, 30)
+            by_replica.setdefault(started["replica"], s)
+            if len(by_replica) == 2:
+                break
+        assert len(by_replica) == 2, "sessions never reached both replicas"
+        (victim_id, victim), (survivor_id, survivor) = list(by_replica.items())
+        for s in sessions:
+            if s not in (victim, survivor):
+                s.stop.set()
+        await asyncio.sleep(1.0)
+        frames_before = survivor.frames
+        ray.kill(_replica_actor(victim_id), no_restart=True)
+        await asyncio.wait_for(victim.task, 30)
+        # reconnect: the client retries on a close after a live session; it lands on a healthy replica
+        landed = None
+        for _ in range(10):
+            result = await run_chat(url, None, hold_s=0.2, handshake_timeout_s=30)
+            started = result.event("session.started")
+            if started is not None:
+                landed = started["replica"]
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+        frames_after = survivor.frames
+        # drain: deleting the app stops the surviving replica gracefully; its session is told first
+        delete = asyncio.get_running_loop().run_in_executor(None, serve.delete, "bizra-rel")
+        await asyncio.wait_for(survivor.task, 40)
+        await delete
+        return victim, survivor, victim_id, landed, frames_before, frames_after
+
+    victim, survivor, victim_id, landed, frames_before, frames_after = asyncio.run(scenario())
+    assert victim.close[0] is not None and victim.close[0] != 1000 or victim.close[1], victim.close
+    assert landed is not None and landed != victim_id
+    assert frames_after > frames_before + 10  # the survivor kept streaming through the kill
+    assert [e for e in survivor.events if e.get("type") == "session.draining"], survivor.events[-3:]
+    assert survivor.close[0] == 1001 and "reconnect" in survivor.close[1], survivor.close
+    assert survivor.errors and "shutting down" in survivor.errors[-1] or "stopping" in survivor.errors[-1]
