@@ -106,6 +106,6 @@ class SessionRecorder:
             writer.close()
         self.event({"type": "recording.stopped", "user_audio_s": round(self.user_seconds, 3),
                     "assistant_audio_s": round(self.assistant_seconds, 3)})
-        self.closed = True
+        self.closed = True  # later events (a stats tick racing the close) are not recorded
         self._events.close()
         return self.folder

@@ -39,6 +39,7 @@ def main(cache_dir: str) -> dict:
         "voice_server": {"num_gpus": 0.7, "num_cpus": 1, "min_replicas": 2, "max_replicas": 2},
         "qwen": {"enabled": True, "tiny_random": True, "device": "cpu", "dtype": "float32", "num_gpus": 0.2,
                  "max_new_tokens": 8},
+        "transcriber": {"enabled": True, "tiny_random": True, "device": "cpu", "num_gpus": 0.1},
     }
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(build_app(args), name="bizra", route_prefix="/", blocking=False)

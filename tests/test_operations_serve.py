@@ -170,7 +170,7 @@ def test_metrics_move_during_a_session(cpu_server):
     ticks0 = before.get("ray_bizra_engine_tick_ms_count", 0.0)
 
     async def session_and_probe():
-        task = asyncio.create_task(run_chat(chat_url(cpu_server), user_pcm(4.0)))
+        task = asyncio.create_task(run_chat(chat_url(cpu_server), user_pcm(10.0)))
         during = await asyncio.to_thread(wait_metric, url, lambda v: v.get("ray_bizra_sessions_active", 0) >= 1
                                          and v.get("ray_bizra_engine_tick_ms_count", 0) > ticks0 + 5)
         result = await task
@@ -193,7 +193,9 @@ def test_metrics_move_during_a_session(cpu_server):
 def wait_folder(root: Path, session_id: str, timeout_s: float = 10.0) -> Path | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = [p for p in root.glob(f"*-{session_id}") if (p / "assistant.wav").exists()]
+        # WAVs are streamed from the start: the recording is complete once its closing event is written.
+        found = [p for p in root.glob(f"*-{session_id}")
+                 if (p / "events.jsonl").exists() and '"recording.stopped"' in (p / "events.jsonl").read_text()]
         if found:
             return found[0]
         time.sleep(0.1)
