@@ -42,6 +42,10 @@ class VoiceServerConfig(_Strict):
                               "pending until a GPU node joins.")
     target_session_fraction: float = Field(0.7, gt=0.0, le=1.0, description="Autoscale when sessions per "
                                            "replica exceed this fraction of the slots.")
+    upscale_delay_s: float = Field(5.0, ge=0.0, description="Autoscaling: how long load must stay above the "
+                                   "target before a replica is added.")
+    downscale_delay_s: float = Field(300.0, ge=0.0, description="Autoscaling: how long load must stay below "
+                                     "the target before a replica is stopped; its sessions are drained first.")
     reject_margin: int = Field(2, ge=1, le=32, description="Requests a full replica still accepts so that "
                                "it can tell the client 'at capacity' (1013) instead of leaving it queued.")
     stats_interval_s: float = Field(2.0, gt=0.0, description="Period of session.stats events.")
@@ -60,8 +64,8 @@ class VoiceServerConfig(_Strict):
             "initial_replicas": self.initial_replicas if self.initial_replicas is not None else self.min_replicas,
             "max_replicas": self.max_replicas,
             "target_ongoing_requests": max(1.0, round(self.target_session_fraction * slots, 2)),
-            "upscale_delay_s": 5.0,
-            "downscale_delay_s": 300.0,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
         }
 
 

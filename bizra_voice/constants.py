@@ -44,3 +44,4 @@ TEXT_TEMPERATURE = 0.7
 TEXT_TOPK = 25
 
 MAX_PROMPT_CHARS = 4000
+MAX_TYPED_CHARS = 2000  # one typed question (hybrid mode); longer ones are refused, never cut

@@ -39,10 +39,10 @@ from bizra_voice.turns import TurnConfig, TurnDetector, TurnEvent
 log = logging.getLogger("ray.serve")
 
 MAX_GUIDE_TOKENS = 512  # the engine's guidance buffer (engine.batched.MAX_GUIDE_TOKENS)
-MAX_TYPED_CHARS = 2000
+MAX_TYPED_CHARS = C.MAX_TYPED_CHARS
 MAX_PERSONA_CHARS = 600
 
-RouteFn = Callable[[str, str, "str | None"], Awaitable[dict]]
+RouteFn = Callable[[str, str, "str | None", bool], Awaitable[dict]]  # (requested, text, previous route, typed)
 AnswerFn = Callable[[str, list, "str | None"], AsyncIterator[str]]
 TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]
 EmitFn = Callable[[dict], Awaitable[None]]
@@ -170,7 +170,9 @@ class HybridController:
                  answer: AnswerFn | None, transcribe: TranscribeFn | None, persona: str | None = None,
                  deadline_ms: float = 1500.0, config: Any = None,
                  guidance_factory: Callable[[Any], Any] = EngineGuidance,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, detect_turns: bool = True) -> None:
+        """``detect_turns=False``: the caller runs its own ``TurnDetector`` and hands its events to
+        ``on_turn_event`` (the Realtime endpoint, whose clients also see those events)."""
         from bizra_voice.config import HybridConfig
 
         self.live = live
@@ -188,7 +190,8 @@ class HybridController:
         self.memory = ConversationMemory(max_turns=self.config.memory_turns)
         self.turns = TurnDetector(TurnConfig(min_db=self.config.vad_min_db, hangover_ms=self.config.vad_hangover_ms,
                                              early_end_ms=self.config.vad_early_end_ms))
-        self.listen = requested_mode != "standalone" and transcribe is not None
+        self.hears_speech = requested_mode != "standalone" and transcribe is not None
+        self.listen = detect_turns and self.hears_speech
         self.turn: TurnState | None = None
         self._turn_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -230,13 +233,18 @@ class HybridController:
         if not isinstance(text, str) or not text.strip():
             await self._send({"type": "user.text.rejected", "reason": "text must be a non-empty string"})
             return
-        self._begin_turn(" ".join(text.split())[:MAX_TYPED_CHARS], "typed", self.clock(), None)
+        text = " ".join(text.split())
+        if len(text) > MAX_TYPED_CHARS:
+            await self._send({"type": "user.text.rejected", "reason": f"text is {len(text)} characters; a typed "
+                              f"question may have at most {MAX_TYPED_CHARS}"})
+            return
+        self._begin_turn(text, "typed", self.clock(), None)
 
     def on_input_pcm(self, pcm: np.ndarray) -> None:
         if not self.listen or self.closed:
             return
         for event in self.turns.push_user_pcm(pcm, self.clock()):
-            self._turn_event(event)
+            self.on_turn_event(event)
 
     def on_output(self, out: Any) -> None:
         if self.closed:
@@ -247,7 +255,7 @@ class HybridController:
         if self.listen:
             event = self.turns.push_assistant_token(out.text is not None, now)
             if event is not None:
-                self._turn_event(event)
+                self.on_turn_event(event)
         turn = self.turn
         if turn is None or turn.guidance is None or not out.guided or turn.finished:
             return
@@ -262,13 +270,17 @@ class HybridController:
         if turn.answer_done and turn.guided_frames >= turn.total_tokens:
             self._finish(turn, cancelled=False, said=turn.guided_frames, reason="spoken")
 
-    def _turn_event(self, event: TurnEvent) -> None:
+    def on_turn_event(self, event: TurnEvent, item_id: str | None = None) -> None:
+        """Speech onset (barge-in) or the end of a user turn (transcribe, then route and answer).
+        ``item_id`` names the turn for the caller; it comes back in ``transcript.user``/``transcript.error``."""
+        if self.closed:
+            return
         if event.kind == "speech.start":
             turn = self.turn
             if (self.config.barge_in and turn is not None and turn.guidance is not None and not turn.finished):
                 self._spawn(self._barge_in(turn))
-        elif event.kind == "turn.end" and event.audio is not None:
-            self._spawn(self._transcribe_turn(event))
+        elif event.kind == "turn.end" and event.audio is not None and self.hears_speech:
+            self._spawn(self._transcribe_turn(event, item_id))
 
     # ---- turns ----------------------------------------------------------------------------------------
     async def _barge_in(self, turn: TurnState) -> None:
@@ -285,21 +297,22 @@ class HybridController:
         self._spawn(self._send({"type": "guidance.ended", "turn_id": turn.turn_id, "cancelled": cancelled,
                                 "reason": reason, "said_tokens": said, "total_tokens": turn.total_tokens}))
 
-    async def _transcribe_turn(self, event: TurnEvent) -> None:
+    async def _transcribe_turn(self, event: TurnEvent, item_id: str | None = None) -> None:
         assert self.transcribe is not None and event.audio is not None
         t_end = event.at
+        named = {"item_id": item_id} if item_id is not None else {}
         try:
             result = await asyncio.wait_for(self.transcribe(event.audio, C.SAMPLE_RATE),
                                             timeout=self.config.transcribe_timeout_s)
         except Exception as exc:
             detail = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             await self._send({"type": "transcript.error", "reason": f"the transcriber failed ({detail})",
-                              "audio_s": round(event.audio.size / C.SAMPLE_RATE, 3)})
+                              "audio_s": round(event.audio.size / C.SAMPLE_RATE, 3), **named})
             return
         text = " ".join(str(result.get("text", "")).split())
         info = {"transcribe_ms": self._ms(t_end), "audio_s": round(event.audio.size / C.SAMPLE_RATE, 3),
                 "speech_ms": round(event.speech_ms, 1), "end_reason": event.reason,
-                "model_ms": result.get("ms")}
+                "model_ms": result.get("ms"), **named}
         if not text:
             await self._send({"type": "transcript.user", "text": "", "source": "speech", "final": True, **info})
             return
@@ -326,8 +339,9 @@ class HybridController:
                           "source": turn.source, "final": True, **info})
         t_route = self.clock()
         try:
-            decision = await asyncio.wait_for(self.route(self.requested, turn.text, self.memory.last_route),
-                                              timeout=self.config.route_timeout_s)
+            decision = await asyncio.wait_for(
+                self.route(self.requested, turn.text, self.memory.last_route, turn.source == "typed"),
+                timeout=self.config.route_timeout_s)
         except Exception as exc:
             decision = {"type": "router.decision", "mode": "standalone", "requested": self.requested,
                         "reason": f"this turn stays standalone: the router is unavailable ({type(exc).__name__})"}

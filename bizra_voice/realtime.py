@@ -4,8 +4,13 @@ Pure (no Ray, no sockets): ``bizra_voice/serve/realtime_session.py`` drives it.
 
 Client events handled: ``session.update`` (``instructions`` -> persona, ``audio.output.voice`` -> voice,
 plus our extensions ``mode`` and ``record``), ``input_audio_buffer.append`` (base64 PCM16 LE, 24 kHz mono),
-``input_audio_buffer.commit``, ``input_audio_buffer.clear``, ``response.create`` and ``response.cancel``.
-Anything else is answered with a recoverable ``error`` event.
+``input_audio_buffer.commit``, ``input_audio_buffer.clear``, ``response.create``, ``response.cancel`` and
+``conversation.item.create`` of a user message with ``input_text`` (a typed question: hybrid mode answers it
+with Qwen's knowledge in the persona's voice). Anything else is answered with a recoverable ``error`` event.
+
+**Hybrid mode's own events** (router decisions, Qwen's streamed answer, guidance start/end) have no Realtime
+equivalent; they are sent with a ``bizra.`` prefix (``bizra.router.decision``, ``bizra.knowledge.answer``,
+``bizra.guidance.started``/``ended``) so that Realtime clients can ignore them and ours can show them.
 
 **Responses in a full-duplex model.** PersonaPlex listens and speaks at once; it has no request/response
 boundary, so responses are synthesised from its output (``ResponseSegmenter``): a frame *speaks* when it
@@ -100,10 +105,13 @@ class SessionChanges:
 
 @dataclass(frozen=True)
 class ClientEvent:
-    kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel"]
+    kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel",
+                  "item.create"]
     event_id: str | None = None
     pcm: np.ndarray | None = None
     changes: SessionChanges | None = None
+    text: str | None = None  # item.create: the user's typed message
+    item_id: str | None = None  # item.create: the client's item id, if it chose one
 
 
 def _format_ok(fmt: Any, where: str, event_id: str | None) -> None:
@@ -158,6 +166,36 @@ def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
                           transcription=transcription, event_id=event_id)
 
 
+def _user_text_item(item: Any, event_id: str | None) -> tuple[str, str | None]:
+    """A ``conversation.item.create`` item -> (text, item id); only user messages of input_text are served."""
+    def bad(message: str, param: str = "item") -> RealtimeError:
+        return RealtimeError(message, "invalid_value", param=param, event_id=event_id)
+
+    if not isinstance(item, dict):
+        raise bad("conversation.item.create needs an `item` object.")
+    if item.get("type") != "message" or item.get("role") != "user":
+        raise RealtimeError("Only user messages can be added here (PersonaPlex speaks for itself; there are no "
+                            "tools): item.type 'message', item.role 'user'.", "unsupported_item",
+                            param="item.type", event_id=event_id)
+    content = item.get("content")
+    if not isinstance(content, list) or not content or not all(isinstance(c, dict) for c in content):
+        raise bad("item.content must be a non-empty list of content parts.", "item.content")
+    if any(c.get("type") != "input_text" for c in content):
+        raise RealtimeError("Only input_text content is accepted in conversation.item.create (send speech with "
+                            "input_audio_buffer.append).", "unsupported_content", param="item.content",
+                            event_id=event_id)
+    if any(not isinstance(c.get("text"), str) for c in content):
+        raise bad("Each input_text part needs a `text` string.", "item.content")
+    text = " ".join(" ".join(c["text"] for c in content).split())
+    if not text or len(text) > C.MAX_TYPED_CHARS or "\x00" in text:
+        raise bad(f"The message must be non-empty text of at most {C.MAX_TYPED_CHARS} characters.",
+                  "item.content")
+    item_id = item.get("id")
+    if item_id is not None and (not isinstance(item_id, str) or not 0 < len(item_id) <= 64):
+        raise bad("item.id must be a string of at most 64 characters.", "item.id")
+    return text, item_id
+
+
 def parse_client_event(data: str | bytes) -> ClientEvent:
     """One WebSocket text message -> a ``ClientEvent``; raises RealtimeError (recoverable) on anything else."""
     if len(data) > MAX_EVENT_BYTES:
@@ -182,9 +220,12 @@ def parse_client_event(data: str | bytes) -> ClientEvent:
         return ClientEvent("response.create", event_id)
     if kind == "response.cancel":
         return ClientEvent("response.cancel", event_id)
+    if kind == "conversation.item.create":
+        text, item_id = _user_text_item(event.get("item"), event_id)
+        return ClientEvent("item.create", event_id, text=text, item_id=item_id)
     raise RealtimeError(f"Unsupported event type {str(kind)[:64]!r}: this server handles session.update, "
-                        "input_audio_buffer.append/commit/clear and response.create/cancel.", "unknown_event",
-                        param="type", event_id=event_id)
+                        "input_audio_buffer.append/commit/clear, response.create/cancel and "
+                        "conversation.item.create (user text).", "unknown_event", param="type", event_id=event_id)
 
 
 # ---- response segmentation -------------------------------------------------------------------------------
@@ -388,6 +429,19 @@ class RealtimeProtocol:
     def speech_stopped(item_id: str, audio_end_ms: int) -> dict[str, Any]:
         return {"type": "input_audio_buffer.speech_stopped", "event_id": new_id("event"), "item_id": item_id,
                 "audio_end_ms": int(audio_end_ms)}
+
+    def user_text_item(self, item_id: str, text: str) -> list[dict[str, Any]]:
+        """``conversation.item.added`` + ``conversation.item.done`` for a typed user message."""
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+                "status": "completed", "content": [{"type": "input_text", "text": text}]}
+        previous, self.last_item_id = self.last_item_id, item_id
+        return [{"type": kind, "event_id": new_id("event"), "previous_item_id": previous, "item": item}
+                for kind in ("conversation.item.added", "conversation.item.done")]
+
+    @staticmethod
+    def extension(event: dict[str, Any]) -> dict[str, Any]:
+        """One of hybrid mode's own events, namespaced for Realtime clients (``bizra.<type>``)."""
+        return {**event, "type": f"bizra.{event['type']}", "event_id": new_id("event")}
 
     @staticmethod
     def transcription_completed(item_id: str, transcript: str, seconds: float) -> dict[str, Any]:

@@ -119,8 +119,10 @@ class ModeRouterPolicy:
                         requested)
 
     def decide_turn(self, requested: RequestedMode, turn_text: str, qwen: QwenStatus,
-                    previous_route: Mode | None = None) -> Decision:
-        """``previous_route``: the route of the user's previous turn (from the session's memory)."""
+                    previous_route: Mode | None = None, typed: bool = False) -> Decision:
+        """``previous_route``: the route of the user's previous turn (from the session's memory).
+        ``typed``: PersonaPlex only hears audio, so typed text routed standalone would never reach anyone;
+        in auto mode it always goes to the knowledge model."""
         if requested == "standalone":
             return Decision("standalone", "standalone session: the knowledge model is never called", requested)
         problem = self._qwen_problem(qwen)
@@ -128,6 +130,9 @@ class ModeRouterPolicy:
             return Decision("standalone", f"this turn stays standalone: {problem}", requested)
         if requested == "hybrid":
             return Decision("hybrid", "hybrid session: the turn goes to the knowledge model", requested)
+        if typed:
+            return Decision("hybrid", "auto: typed text reaches the assistant only through the knowledge model",
+                            requested)
         if looks_like_knowledge_question(turn_text, self.config.min_question_words):
             return Decision("hybrid", "auto: the turn looks like a knowledge question", requested)
         if previous_route == "hybrid" and looks_like_follow_up(turn_text):

@@ -1,7 +1,8 @@
 """Soak test: N sessions streaming speech in real time for M minutes; reports replica memory growth and
 leaked slots (both read from /api/health).
 
-    python scripts/soak.py --url http://127.0.0.1:8000 --sessions 4 --minutes 30 [--token T]
+    python scripts/soak.py --url http://127.0.0.1:8000 --sessions 4 --minutes 30 [--token T] \
+        [--out docs/bench/soak_cpu.json]   # + docs/bench/soak_cpu.png: RSS, tick p99 and slots over time
 
 Each session streams the bundled speech WAV (or noise) in a loop, is closed and reopened every
 ``--session-s`` seconds (so slots are claimed and released many times), and must see no 0x05 errors.
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bizra_voice.chat_client import chat_url, run_chat  # noqa: E402
 from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE  # noqa: E402
@@ -39,6 +41,7 @@ class SoakReport:
     frames_sent: int = 0
     frames_received: int = 0
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds, MB)
+    engine: list[dict] = field(default_factory=list)  # /api/health "engine" samples, with "t" (seconds)
     slots_total: int = 0
     slots_free_end: int = 0
     seconds: float = 0.0
@@ -118,7 +121,9 @@ async def run_soak(base: str, sessions: int, seconds: float, *, session_s: float
     async def sampler() -> None:
         while time.monotonic() < deadline:
             health = await asyncio.to_thread(_health, base, token)
-            report.rss_mb.append((time.monotonic() - start, float(health.get("process", {}).get("rss_mb", 0.0))))
+            t = time.monotonic() - start
+            report.rss_mb.append((t, float(health.get("process", {}).get("rss_mb", 0.0))))
+            report.engine.append({"t": round(t, 1), **health.get("engine", {})})
             await asyncio.sleep(sample_s)
 
     await asyncio.gather(sampler(), *(worker(k) for k in range(sessions)))
@@ -134,6 +139,36 @@ async def run_soak(base: str, sessions: int, seconds: float, *, session_s: float
     return report
 
 
+def write_outputs(report: SoakReport, out: Path, args: argparse.Namespace) -> None:
+    """JSON (summary, settings, provenance, the sampled series) and a PNG of memory, tick p99 and slots."""
+    from _bench_common import provenance, pyplot, write_json
+
+    write_json(out, {"summary": report.summary(), "provenance": provenance(),
+                     "settings": {"url": args.url, "sessions": args.sessions, "minutes": args.minutes,
+                                  "session_s": args.session_s},
+                     "rss_mb": [[round(t, 1), mb] for t, mb in report.rss_mb], "engine": report.engine})
+    plt = pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    minutes = [t / 60 for t, _ in report.rss_mb]
+    axes[0].plot(minutes, [mb for _, mb in report.rss_mb])
+    axes[0].set_ylabel("replica RSS (MB)")
+    eng_minutes = [e["t"] / 60 for e in report.engine]
+    axes[1].plot(eng_minutes, [e.get("tick_ms_p50") for e in report.engine], label="p50")
+    axes[1].plot(eng_minutes, [e.get("tick_ms_p99") for e in report.engine], label="p99")
+    axes[1].axhline(80, color="grey", linestyle=":", label="80 ms frame")
+    axes[1].set_ylabel("tick (ms)")
+    axes[1].legend(loc="upper right")
+    axes[2].step(eng_minutes, [e.get("slots_used") for e in report.engine], where="post")
+    axes[2].set_ylabel("slots in use")
+    axes[2].set_xlabel("minutes")
+    s = report.summary()
+    fig.suptitle(f"soak: {args.sessions} sessions x {args.minutes:g} min, {s['sessions_run']} sessions run, "
+                 f"{s['errors']} errors, {s['leaked_slots']} leaked slots, RSS growth {s['growth_mb']} MB",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -142,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-s", type=float, default=20.0)
     parser.add_argument("--token")
     parser.add_argument("--max-growth-mb", type=float, default=200.0)
+    parser.add_argument("--out", type=Path, help="write the report here as JSON, and a PNG plot beside it")
     args = parser.parse_args(argv)
     report = asyncio.run(run_soak(args.url, args.sessions, args.minutes * 60, session_s=args.session_s,
                                   token=args.token, sample_s=min(30.0, max(2.0, args.minutes * 2))))
     print(json.dumps(report.summary(), indent=2))
+    if args.out is not None:
+        write_outputs(report, args.out, args)
     ok = not report.errors and report.leaked_slots == 0 and report.growth_mb < args.max_growth_mb
     return 0 if ok else 1
 

@@ -35,6 +35,7 @@ def test_gpu_profile_sizing():
     auto = voice["autoscaling_config"]
     assert auto["max_replicas"] == config.voice_server.max_replicas > auto["min_replicas"]
     assert auto["target_ongoing_requests"] == pytest.approx(0.7 * slots)
+    assert auto["upscale_delay_s"] == 5.0 and auto["downscale_delay_s"] == 300.0
     assert opts["QwenKnowledge"]["ray_actor_options"]["num_gpus"] == 0.2
     # One GPU holds one PersonaPlex share + one Qwen share.
     assert voice["ray_actor_options"]["num_gpus"] + opts["QwenKnowledge"]["ray_actor_options"]["num_gpus"] <= 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import sentencepiece as spm
 from bizra_voice.config import HybridConfig
 from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
 from bizra_voice.hybrid import AnswerTokenizer, HybridController
+from bizra_voice.turns import TurnEvent
 from tests._tiny import KIT
 
 SP_MODEL = KIT / "model" / "tokenizer_spm_32k_3.model"
@@ -77,7 +79,8 @@ class FakeLive:
         return Frame(" hm" if model_word else None, False, 7 if model_word else 3)
 
 
-def make(sp, *, mode="hybrid", answer_pieces=None, first_delay=0.0, transcribe=None, config=None):
+def make(sp, *, mode="hybrid", answer_pieces=None, first_delay=0.0, transcribe=None, config=None,
+         detect_turns=True):
     live = FakeLive(sp)
     events: list[dict] = []
     calls = {"route": [], "answer": []}
@@ -85,8 +88,9 @@ def make(sp, *, mode="hybrid", answer_pieces=None, first_delay=0.0, transcribe=N
     async def emit(event):
         events.append(event)
 
-    async def route(requested, text, previous):
+    async def route(requested, text, previous, typed):
         calls["route"].append((requested, text, previous))
+        calls.setdefault("typed", []).append(typed)
         if requested == "standalone":
             return {"type": "router.decision", "mode": "standalone", "requested": requested,
                     "reason": "standalone session: the knowledge model is never called"}
@@ -105,7 +109,7 @@ def make(sp, *, mode="hybrid", answer_pieces=None, first_delay=0.0, transcribe=N
 
     ctl = HybridController(live=live, emit=emit, requested_mode=mode, tokenizer=sp, route=route, answer=answer,
                            transcribe=transcribe, persona="You are a test persona.", deadline_ms=200.0,
-                           config=config or HybridConfig())
+                           config=config or HybridConfig(), detect_turns=detect_turns)
     return ctl, live, events, calls
 
 
@@ -161,6 +165,7 @@ def test_typed_question_is_routed_answered_and_spoken_in_order(sp):
     decision = events[1]
     assert decision["mode"] == "hybrid" and decision["reason"] and decision["route_ms"] >= 0
     assert calls["answer"] == [("What is the capital of France?", [], "You are a test persona.")]
+    assert calls["typed"] == [True]  # the router is told the turn was typed
     done = next(e for e in events if e["type"] == "knowledge.answer" and e["done"])
     assert done["text"] == ANSWER
     partial = "".join(e["delta"] for e in events if e["type"] == "knowledge.answer" and not e["done"])
@@ -273,8 +278,60 @@ def test_bad_typed_text_is_rejected(sp):
         ctl, live, events, calls = make(sp)
         await ctl.on_user_text(None, {"type": "user.text", "text": 42})
         await ctl.on_user_text(None, {"type": "user.text", "text": "   "})
+        await ctl.on_user_text(None, {"type": "user.text", "text": "why " * 600})  # 2400 chars: refused, not cut
         await ctl.close()
         return events, calls
 
     events, calls = asyncio.run(scenario())
-    assert types(events) == ["user.text.rejected", "user.text.rejected"] and calls["route"] == []
+    assert types(events) == ["user.text.rejected"] * 3 and calls["route"] == []
+    assert "2399 characters" in events[2]["reason"] and "2000" in events[2]["reason"]
+
+
+def test_turns_from_the_caller_carry_its_item_id(sp):
+    """The Realtime endpoint runs its own turn detector: the controller must not detect turns itself, and
+    the transcript of a turn it is handed names the caller's item."""
+    heard = []
+
+    async def transcribe(pcm, sample_rate):
+        heard.append(pcm.size)
+        return {"text": "What is the capital of France?", "ms": 5.0}
+
+    async def scenario():
+        ctl, live, events, calls = make(sp, answer_pieces=pieces_of(ANSWER), transcribe=transcribe,
+                                        detect_turns=False)
+        t = np.arange(12 * FRAME_SIZE) / SAMPLE_RATE
+        ctl.on_input_pcm((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))  # ignored: no detection
+        for _ in range(8):
+            ctl.on_input_pcm(np.zeros(FRAME_SIZE, np.float32))
+            await settle()
+        assert heard == [] and events == []
+        audio = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+        ctl.on_turn_event(TurnEvent("turn.end", time.perf_counter(), audio, 960.0, "commit"), "item_42")
+        for _ in range(10):
+            await settle()
+        await ctl.close()
+        return events
+
+    events = asyncio.run(scenario())
+    assert heard == [12 * FRAME_SIZE]
+    transcript = events[0]
+    assert transcript["type"] == "transcript.user" and transcript["item_id"] == "item_42"
+    assert transcript["end_reason"] == "commit" and types(events)[1] == "router.decision"
+
+
+def test_transcriber_failure_names_the_item(sp):
+    async def transcribe(pcm, sample_rate):
+        raise RuntimeError("replica died")
+
+    async def scenario():
+        ctl, live, events, calls = make(sp, transcribe=transcribe, detect_turns=False)
+        audio = np.full(4 * FRAME_SIZE, 0.2, np.float32)
+        ctl.on_turn_event(TurnEvent("turn.end", time.perf_counter(), audio, 320.0, "commit"), "item_7")
+        for _ in range(5):
+            await settle()
+        await ctl.close()
+        return events, calls
+
+    events, calls = asyncio.run(scenario())
+    assert types(events) == ["transcript.error"] and events[0]["item_id"] == "item_7"
+    assert "RuntimeError" in events[0]["reason"] and calls["route"] == []

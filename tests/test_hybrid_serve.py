@@ -256,3 +256,88 @@ def test_qwen_deadline_and_dead_replica_keep_turns_standalone(cpu_server, cpu_ar
         assert final["mode"] == "standalone" and "unhealthy" in final["reason"], decisions
     finally:
         serve.delete("bizra-fault")
+
+
+# ---- the same through /v1/realtime, driven by the official openai client ----------------------------------
+def realtime_client(base_url: str):
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(api_key="unused", base_url=base_url + "/v1",
+                       websocket_base_url=base_url.replace("http://", "ws://") + "/v1")
+
+
+def as_dict(event) -> dict:
+    return event.to_dict() if hasattr(event, "to_dict") else dict(event)
+
+
+def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
+    """A Realtime client types a question (conversation.item.create) in a hybrid session: the item is
+    acknowledged, the router and Qwen answer (bizra.* events), and the answer's tokens come back, in order,
+    in response.output_audio_transcript.delta: PersonaPlex spoke Qwen's words. A standalone session refuses
+    typed text with an error that says why."""
+    import base64
+
+    async def scenario():
+        events: list[dict] = []
+        arrival: list[float] = []
+        silence = base64.b64encode(np.zeros(2 * FRAME_SIZE, "<i2").tobytes()).decode()
+        async with realtime_client(cpu_server).realtime.connect(model="personaplex-7b-v1") as conn:
+            await conn.session.update(session={"type": "realtime", "instructions": "You are a guide.",
+                                               "mode": "hybrid"})
+
+            async def reader():
+                async for event in conn:
+                    events.append(as_dict(event))
+                    arrival.append(time.monotonic())
+
+            async def stream():  # the model runs one frame per 80 ms of input: keep the line open
+                start = time.monotonic()
+                for k in range(10_000):
+                    await conn.input_audio_buffer.append(audio=silence)
+                    await asyncio.sleep(max(0.0, start + (k + 1) * 2 * FRAME_MS / 1000 - time.monotonic()))
+
+            tasks = [asyncio.create_task(reader()), asyncio.create_task(stream())]
+            await asyncio.sleep(0.5)
+            await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                      "content": [{"type": "input_text", "text": QUESTION}]})
+            deadline = time.monotonic() + 60
+            while not any(e["type"] == "bizra.guidance.ended" for e in events):
+                assert time.monotonic() < deadline, [e["type"] for e in events if not e["type"].endswith("delta")]
+                assert not [e for e in events if e["type"] == "error"], events
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # the last guided frame's text follows guidance.ended
+            tasks[1].cancel()
+            await conn.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        async with realtime_client(cpu_server).realtime.connect(model="personaplex-7b-v1") as conn:
+            await conn.session.update(session={"type": "realtime", "mode": "standalone"})
+            await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                      "content": [{"type": "input_text", "text": QUESTION}]})
+            refused = None
+            async for event in conn:
+                if event.type == "error":
+                    refused = as_dict(event)
+                    break
+        return events, arrival, refused
+
+    events, arrival, refused = asyncio.run(scenario())
+    kinds = [e["type"] for e in events]
+    assert "error" not in kinds
+    added = next(e for e in events if e["type"] == "conversation.item.added")
+    assert added["item"]["role"] == "user" and added["item"]["content"][0]["text"] == QUESTION
+    assert "conversation.item.done" in kinds
+    decision = next(e for e in events if e["type"] == "bizra.router.decision")
+    assert decision["mode"] == "hybrid" and decision["requested"] == "hybrid"
+    done = next(e for e in events if e["type"] == "bizra.knowledge.answer" and e.get("done"))
+    ended = next(e for e in events if e["type"] == "bizra.guidance.ended")
+    assert done["tokens"] and ended["cancelled"] is False and ended["said_tokens"] == len(done["tokens"])
+    t_decision = arrival[kinds.index("bizra.router.decision")]
+    spoken = [e["delta"] for e, t in zip(events, arrival, strict=True)
+              if e["type"] == "response.output_audio_transcript.delta" and t >= t_decision]
+    expected = sp_pieces(cpu_args, done["tokens"])
+    assert is_subsequence(expected, spoken), first_gap(expected, spoken)
+    started = next(e for e in events if e["type"] == "bizra.guidance.started")
+    print("\nlatency (typed question over /v1/realtime, CPU):", json.dumps(started["timings"]))
+    assert refused is not None and refused["error"]["code"] == "hybrid_unavailable"
+    assert "standalone" in refused["error"]["message"]

@@ -127,7 +127,8 @@ def test_realtime_capacity_and_bad_events(cpu_server):
     first, code, err, updated = asyncio.run(scenario())
     assert first["type"] == "error" and first["error"]["code"] == "server_at_capacity"
     assert code == 1013
-    assert err["type"] == "error" and err["error"]["code"] == "unknown_event" and err["error"]["event_id"] == "mine"
+    assert err["type"] == "error" and err["error"]["code"] == "invalid_value" and err["error"]["event_id"] == "mine"
+    assert err["error"]["param"] == "item"  # conversation.item.create without its item
     assert updated["type"] == "session.updated" and updated["session"]["mode"] == "hybrid"
 
 

@@ -73,11 +73,66 @@ def test_parse_other_events():
     for kind, expected in (("input_audio_buffer.commit", "commit"), ("input_audio_buffer.clear", "clear"),
                            ("response.create", "response.create"), ("response.cancel", "response.cancel")):
         assert parse_client_event(ev(type=kind)).kind == expected
-    for raw, code in ((ev(type="conversation.item.create"), "unknown_event"), ("{nope", "invalid_json"),
+    for raw, code in ((ev(type="conversation.item.truncate"), "unknown_event"), ("{nope", "invalid_json"),
                       ("[1, 2]", "invalid_json")):
         with pytest.raises(RealtimeError) as err:
             parse_client_event(raw)
         assert err.value.code == code
+
+
+def user_item(*parts, **extra):
+    return ev(type="conversation.item.create", event_id="evt_1", item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": t} for t in parts], **extra})
+
+
+def test_parse_typed_user_message():
+    event = parse_client_event(user_item("What is  the", "capital of France?", id="item_mine"))
+    assert event.kind == "item.create" and event.text == "What is the capital of France?"
+    assert event.item_id == "item_mine" and event.event_id == "evt_1"
+    assert parse_client_event(user_item("Hi")).item_id is None
+
+
+@pytest.mark.parametrize("item, code, param", [
+    (None, "invalid_value", "item"),
+    ({"type": "message", "role": "assistant", "content": [{"type": "input_text", "text": "x"}]},
+     "unsupported_item", "item.type"),
+    ({"type": "function_call_output", "call_id": "c", "output": "{}"}, "unsupported_item", "item.type"),
+    ({"type": "message", "role": "user", "content": []}, "invalid_value", "item.content"),
+    ({"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]},
+     "unsupported_content", "item.content"),
+    ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": 3}]}, "invalid_value",
+     "item.content"),
+    ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "   "}]}, "invalid_value",
+     "item.content"),
+    ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a " * 1500}]},
+     "invalid_value", "item.content"),
+    ({"type": "message", "role": "user", "id": "x" * 65, "content": [{"type": "input_text", "text": "a"}]},
+     "invalid_value", "item.id"),
+])
+def test_parse_typed_user_message_rejects(item, code, param):
+    with pytest.raises(RealtimeError) as err:
+        parse_client_event(ev(type="conversation.item.create", event_id="evt_2", item=item))
+    assert (err.value.code, err.value.param, err.value.event_id) == (code, param, "evt_2")
+
+
+def test_typed_item_and_extension_events_parse_with_the_openai_types():
+    from openai.types.realtime import (
+        ConversationItemAdded,
+        ConversationItemDone,
+        RealtimeConversationItemUserMessage,
+    )
+
+    proto = RealtimeProtocol(RealtimeSettings())
+    committed = proto.committed("item_audio")
+    added, done = proto.user_text_item("item_typed", "What is the capital of France?")
+    assert committed["previous_item_id"] is None and added["previous_item_id"] == "item_audio"
+    for event, model in ((added, ConversationItemAdded), (done, ConversationItemDone)):
+        parsed = model.model_validate(event)
+        assert isinstance(parsed.item, RealtimeConversationItemUserMessage)
+        assert parsed.item.id == "item_typed" and parsed.item.content[0].text == "What is the capital of France?"
+    assert proto.committed("item_next")["previous_item_id"] == "item_typed"
+    ext = proto.extension({"type": "router.decision", "mode": "hybrid", "reason": "r"})
+    assert ext["type"] == "bizra.router.decision" and ext["mode"] == "hybrid" and ext["event_id"]
 
 
 def test_segmenter_opens_on_speech_and_closes_after_silence():

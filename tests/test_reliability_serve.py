@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,8 @@ from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
 from tests.test_serve_cpu import get_json, offline_tokens, user_pcm, wait_free_slots
 
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOKEN = "rel-s3cret-token"
 REL_PREFIX = "/rel"
@@ -280,6 +283,47 @@ class Streamer:
             self.close = (ws.close_code, ws.close_reason)
 
 
+def client_reconnect_codes() -> set[int]:
+    """The close codes on which the bundled browser client reconnects by itself (client/js/core/protocol.js)."""
+    source = (REPO / "client" / "js" / "core" / "protocol.js").read_text()
+    match = re.search(r"RECONNECT_CODES = Object\.freeze\(\[([\d,\s]+)\]\)", source)
+    assert match, "RECONNECT_CODES not found in the client"
+    return {int(code) for code in match.group(1).split(",")}
+
+
+async def one_session_per_replica(url: str, replicas: int = 2) -> dict[str, Streamer]:
+    """Open streaming sessions until ``replicas`` distinct replicas each hold one; stop the extras."""
+    sessions: list[Streamer] = []
+    by_replica: dict[str, Streamer] = {}
+    for _ in range(4 * replicas):  # power-of-two-choices spreads them
+        s = Streamer(url)
+        sessions.append(s)
+        try:
+            started = await asyncio.wait_for(s.started, 30)
+        except RuntimeError:  # a slot of a previous test not yet released: 1013, try again
+            await asyncio.sleep(0.5)
+            continue
+        by_replica.setdefault(started["replica"], s)
+        if len(by_replica) == replicas:
+            break
+    assert len(by_replica) == replicas, f"sessions reached {len(by_replica)} of {replicas} replicas"
+    for s in sessions:
+        if s not in by_replica.values():
+            s.stop.set()
+    return by_replica
+
+
+async def reconnect_lands_on(url: str) -> str | None:
+    """What a reconnecting client does: open a new session; return the replica it landed on."""
+    for _ in range(10):
+        result = await run_chat(url, None, hold_s=0.2, handshake_timeout_s=30)
+        started = result.event("session.started")
+        if started is not None:
+            return started["replica"]
+        await asyncio.sleep(0.5)
+    return None
+
+
 def test_replica_kill_then_reconnect_and_drain_on_delete(rel_server):
     import ray
     from ray import serve
@@ -288,37 +332,12 @@ def test_replica_kill_then_reconnect_and_drain_on_delete(rel_server):
     url = chat_url(base, token=TOKEN)
 
     async def scenario():
-        sessions: list[Streamer] = []
-        by_replica: dict[str, Streamer] = {}
-        for _ in range(8):  # 2 replicas x 2 slots: power-of-two-choices spreads them
-            s = Streamer(url)
-            sessions.append(s)
-            try:
-                started = await asyncio.wait_for(s.started, 30)
-            except RuntimeError:  # a slot of the previous test not yet released: 1013, try again
-                await asyncio.sleep(0.5)
-                continue
-            by_replica.setdefault(started["replica"], s)
-            if len(by_replica) == 2:
-                break
-        assert len(by_replica) == 2, "sessions never reached both replicas"
-        (victim_id, victim), (survivor_id, survivor) = list(by_replica.items())
-        for s in sessions:
-            if s not in (victim, survivor):
-                s.stop.set()
+        (victim_id, victim), (survivor_id, survivor) = list((await one_session_per_replica(url)).items())
         await asyncio.sleep(1.0)
         frames_before = survivor.frames
         ray.kill(_replica_actor(victim_id), no_restart=True)
         await asyncio.wait_for(victim.task, 30)
-        # reconnect: the client retries on a close after a live session; it lands on a healthy replica
-        landed = None
-        for _ in range(10):
-            result = await run_chat(url, None, hold_s=0.2, handshake_timeout_s=30)
-            started = result.event("session.started")
-            if started is not None:
-                landed = started["replica"]
-                break
-            await asyncio.sleep(0.5)
+        landed = await reconnect_lands_on(url)
         await asyncio.sleep(1.0)
         frames_after = survivor.frames
         # drain: deleting the app stops the surviving replica gracefully; its session is told first
@@ -328,9 +347,81 @@ def test_replica_kill_then_reconnect_and_drain_on_delete(rel_server):
         return victim, survivor, victim_id, landed, frames_before, frames_after
 
     victim, survivor, victim_id, landed, frames_before, frames_after = asyncio.run(scenario())
-    assert victim.close[0] is not None and victim.close[0] != 1000 or victim.close[1], victim.close
+    # The replica is gone, so nothing can send a close frame: the proxy drops the connection (1006), a code
+    # on which the browser client reconnects by itself.
+    print(f"killed replica's client saw close {victim.close}")
+    assert victim.close[0] == 1006 and victim.close[0] in client_reconnect_codes(), victim.close
     assert landed is not None and landed != victim_id
     assert frames_after > frames_before + 10  # the survivor kept streaming through the kill
     assert [e for e in survivor.events if e.get("type") == "session.draining"], survivor.events[-3:]
     assert survivor.close[0] == 1001 and "reconnect" in survivor.close[1], survivor.close
+    assert survivor.close[0] in client_reconnect_codes()
     assert survivor.errors and "shutting down" in survivor.errors[-1] or "stopping" in survivor.errors[-1]
+
+
+# ---- autoscaling downscale: the replica Serve stops drains its session, the other carries on ------------------
+SCALE_PREFIX = "/scale"
+DOWNSCALE_DELAY_S = 20.0
+
+
+def _running_voice_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    deployment = status.deployments.get("VoiceServer") if status else None
+    return int(deployment.replica_states.get("RUNNING", 0)) if deployment else 0
+
+
+def test_autoscaling_downscale_drains_the_stopped_replicas_session(cpu_server, cpu_args):
+    """Two replicas at one session each with a target of two sessions per replica: Serve's own autoscaler
+    decides one replica is enough and stops one of them, which must drain (event, then 1001) while the
+    other replica's session streams on; the drained client's reconnect lands on the survivor."""
+    from ray import serve
+
+    from bizra_voice.app import build_app
+
+    args = json.loads(json.dumps(cpu_args))
+    args["voice_server"].update(min_replicas=1, max_replicas=2, initial_replicas=2, target_session_fraction=1.0,
+                                upscale_delay_s=600.0, downscale_delay_s=DOWNSCALE_DELAY_S, debug_record_dir=None)
+    args["engine"]["slots"] = 2
+    args["qwen"]["enabled"] = False
+    args["transcriber"] = {**args.get("transcriber", {}), "enabled": False}
+    args["recording"] = {"enabled": False}
+    args["reliability"] = {"drain_notice_s": 1.0}
+    serve.run(build_app(args), name="bizra-scale", route_prefix=SCALE_PREFIX, blocking=False)
+    url = chat_url(cpu_server + SCALE_PREFIX)
+    try:
+        deadline = time.monotonic() + 120
+        while _running_voice_replicas("bizra-scale") < 2:
+            assert time.monotonic() < deadline, "bizra-scale never ran 2 replicas"
+            time.sleep(0.25)
+
+        async def scenario():
+            by_replica = await one_session_per_replica(url)
+            streams = list(by_replica.values())
+            done, _ = await asyncio.wait([s.task for s in streams], timeout=DOWNSCALE_DELAY_S + 60,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            assert done, "no replica was stopped by the autoscaler"
+            drained = next(s for s in streams if s.task in done)
+            kept = next(s for s in streams if s is not drained)
+            kept_id = next(r for r, s in by_replica.items() if s is kept)
+            frames_at_drain = kept.frames
+            landed = await reconnect_lands_on(url)
+            await asyncio.sleep(1.0)
+            kept.stop.set()
+            await asyncio.wait_for(kept.task, 30)
+            return drained, kept, kept_id, landed, frames_at_drain
+
+        drained, kept, kept_id, landed, frames_at_drain = asyncio.run(scenario())
+        notices = [e for e in drained.events if e.get("type") == "session.draining"]
+        assert notices and "downscale" in notices[0]["reason"], drained.events[-3:]
+        assert drained.close[0] == 1001 and "reconnect" in drained.close[1], drained.close
+        assert drained.errors and "reconnect" in drained.errors[-1], drained.errors
+        assert not [e for e in kept.events if e.get("type") == "session.draining"]
+        assert kept.close[0] == 1000 and not kept.errors, (kept.close, kept.errors)
+        assert kept.frames > frames_at_drain + 10  # the other replica's session never noticed
+        assert landed == kept_id
+        assert _running_voice_replicas("bizra-scale") == 1
+    finally:
+        with contextlib.suppress(Exception):
+            serve.delete("bizra-scale")

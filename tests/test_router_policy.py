@@ -50,6 +50,10 @@ def test_available_qwen():
     assert policy.decide_turn("auto", "How far away is the moon?", OK).mode == "hybrid"
     chat = policy.decide_turn("auto", "hello there my friend", OK)
     assert chat.mode == "standalone" and "conversation" in chat.reason
+    typed = policy.decide_turn("auto", "hello there my friend", OK, typed=True)  # else nobody would hear it
+    assert typed.mode == "hybrid" and "typed" in typed.reason
+    assert policy.decide_turn("standalone", "hello", OK, typed=True).mode == "standalone"
+    assert policy.decide_turn("auto", "hello", QwenStatus(healthy=False), typed=True).mode == "standalone"
     event = policy.decide_turn("auto", "What is the boiling point of water?", OK).as_event()
     assert event["type"] == "router.decision" and event["mode"] == "hybrid" and event["requested"] == "auto"
 

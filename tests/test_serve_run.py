@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,20 +23,20 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def profile_copy(tmp_path: Path, name: str, port: int) -> Path:
-    """The shipped profile with only the HTTP port changed."""
+def profile_copy(tmp_path: Path, name: str, port: int, **http_options: str) -> Path:
+    """The shipped profile with only the HTTP port (and any given ``http_options``) changed."""
     config = yaml.safe_load((REPO / name).read_text())
-    config["http_options"]["port"] = port
+    config["http_options"].update(port=port, **http_options)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def serve_run(config: Path, tmp_path: Path) -> subprocess.Popen:
+def serve_run(config: Path, tmp_path: Path, cwd: Path = REPO) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", NO_TORCH_COMPILE="1",
                BIZRA_VOICE_CACHE=str(tmp_path / "cache"))
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(["serve", "run", str(config)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(["serve", "run", str(config)], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -69,6 +71,55 @@ def test_cpu_profile_serves_index_within_60s(tmp_path):
     assert served_after is not None, out[-4000:]
     assert served_after < 60
     assert "audio is noise" in out  # the CPU profile says so in its log
+
+
+def test_cpu_profile_over_tls_with_a_made_certificate(tmp_path):
+    """The README's LAN recipe: ``bizra-voice make-cert`` then ``serve run`` with Serve's ssl_* http_options;
+    the page and a session are reached over https/wss with the certificate, plain http is not served."""
+    import asyncio
+    import ssl
+
+    import websockets
+
+    port = 8014
+    # `bizra-voice make-cert` (the console script runs bizra_voice.cli:main), from the checkout under test
+    made = subprocess.run([sys.executable, "-m", "bizra_voice.cli", "make-cert", "./tls", "--host", "localhost"],
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    # relative paths, as in the README, resolved against the directory `serve run` is started from
+    config = profile_copy(tmp_path, "serve_config.cpu.yaml", port, ssl_certfile="./tls/cert.pem",
+                          ssl_keyfile="./tls/key.pem")
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "tls" / "cert.pem"))  # hostname: localhost
+    proc = serve_run(config, tmp_path, cwd=tmp_path)
+    page = None
+    try:
+        deadline = time.monotonic() + 90
+        while page is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"https://localhost:{port}/", timeout=2, context=trusting) as resp:
+                    page = resp.read()
+            except Exception:
+                time.sleep(0.5)
+        assert page is not None and b"BIZRA" in page
+
+        async def session() -> tuple[bytes, int | None]:
+            async with websockets.connect(f"wss://localhost:{port}/api/chat", ssl=trusting, compression=None,
+                                          open_timeout=30) as ws:
+                first = await asyncio.wait_for(ws.recv(), 60)
+                await ws.close()
+                return first, ws.close_code
+
+        first, code = asyncio.run(session())
+        assert first == b"\x00" and code == 1000
+        with pytest.raises(OSError):  # a TLS port drops a plain-http request: no HTTP response
+            urllib.request.urlopen(f"http://localhost:{port}/", timeout=5).read()
+        with pytest.raises(urllib.error.URLError) as refused:  # the system store does not trust it
+            urllib.request.urlopen(f"https://localhost:{port}/", timeout=5, context=ssl.create_default_context())
+        assert isinstance(refused.value.reason, ssl.SSLCertVerificationError), refused.value
+    finally:
+        out = stop(proc)
+    assert page is not None, out[-4000:]
 
 
 def test_gpu_profile_without_gpu_fails_fast_with_one_sentence(tmp_path):

@@ -53,9 +53,11 @@ class ModeRouter:
         self.decisions.inc(1, tags={"scope": "session", "mode": decision.mode})
         return decision.as_event("router.session")
 
-    async def decide_turn(self, requested: str, turn_text: str, previous_route: str | None = None) -> dict:
+    async def decide_turn(self, requested: str, turn_text: str, previous_route: str | None = None,
+                          typed: bool = False) -> dict:
         decision = self.policy.decide_turn(requested, turn_text, await self._status_for(requested),
-                                           previous_route if previous_route in ("standalone", "hybrid") else None)
+                                           previous_route if previous_route in ("standalone", "hybrid") else None,
+                                           typed=bool(typed))
         self.decisions.inc(1, tags={"scope": "turn", "mode": decision.mode})
         return decision.as_event("router.decision")
 

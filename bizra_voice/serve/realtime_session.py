@@ -7,9 +7,14 @@ mode: both are prefilled into the model and fixed afterwards. Same engine, same 
 ``/api/chat``: a full replica answers an ``error`` event (code ``server_at_capacity``) and close 1013.
 
 User speech: when the session asked for input transcription (``audio.input.transcription`` not null) or
-the router chose hybrid mode, and a Transcriber is deployed, user turns found by hybrid mode's
-``TurnDetector`` (or closed by ``input_audio_buffer.commit``) are transcribed and reported as
+its mode is hybrid/auto, and a Transcriber is deployed, user turns found by hybrid mode's ``TurnDetector``
+(or closed by ``input_audio_buffer.commit``) are transcribed and reported as
 ``conversation.item.input_audio_transcription.completed``.
+
+Hybrid mode: the session's ``HybridController`` (the same one ``/api/chat`` uses) takes those user turns
+and typed ``conversation.item.create`` messages, asks the router and Qwen, and guides PersonaPlex to speak
+the answer in the persona's voice; its own events go out as ``bizra.*`` events. A barge-in closes the open
+response (``response.done`` status ``cancelled``, reason ``turn_detected``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from bizra_voice.realtime import (
     new_id,
     parse_client_event,
 )
+from bizra_voice.turns import TurnConfig, TurnDetector, TurnEvent
 
 log = logging.getLogger("ray.serve")
 
@@ -78,6 +84,7 @@ class RealtimeSession:
         self._commit_buffer: list[np.ndarray] = []
         self._turn_item: str | None = None
         self._audio_in_samples = 0
+        self.hybrid: Any = None  # HybridController, once the engine session is open
 
     # ---- sending -------------------------------------------------------------------------------------
     async def send(self, event: dict[str, Any]) -> None:
@@ -157,6 +164,8 @@ class RealtimeSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.hybrid is not None:
+            await self.hybrid.close()
         for event in self.proto.cancel("turn_detected"):
             if self.recorder is not None:
                 self.recorder.event({"direction": "out", **event})
@@ -203,6 +212,19 @@ class RealtimeSession:
         elif event.kind == "response.cancel":
             for out in self.proto.cancel("client_cancelled"):
                 await self.send(out)
+        elif event.kind == "item.create":
+            assert event.text is not None
+            if self.proto.settings.mode == "standalone" or self.server.qwen is None:
+                why = "this session is standalone" if self.server.qwen is not None else \
+                    "no knowledge model (Qwen) is deployed here"
+                raise RealtimeError(f"Typed messages are answered in hybrid mode only, and {why}: PersonaPlex "
+                                    "alone hears audio. Speak instead, or open the session with "
+                                    "session.update mode 'hybrid' or 'auto'.", "hybrid_unavailable",
+                                    param="item", event_id=event.event_id)
+            await self._ensure_engine()
+            for out in self.proto.user_text_item(event.item_id or new_id("item"), event.text):
+                await self.send(out)
+            await self.hybrid.on_user_text(None, {"text": event.text})
 
     async def _user_audio(self, pcm: np.ndarray) -> None:
         try:
@@ -214,7 +236,7 @@ class RealtimeSession:
         self._audio_in_samples += pcm.size
         self._commit_buffer.append(pcm)
         if self._turns is not None:
-            now = time.monotonic()
+            now = self.hybrid.clock()  # turn events go to the controller: one clock for both
             for turn in self._turns.push_user_pcm(pcm, now):
                 await self._turn_event(turn)
 
@@ -223,6 +245,7 @@ class RealtimeSession:
         if turn.kind == "speech.start":
             self._turn_item = new_id("item")
             await self.send(self.proto.speech_started(self._turn_item, at_ms))
+            self.hybrid.on_turn_event(turn)  # a barge-in stops a guided answer
         elif turn.kind == "turn.end":
             item_id = self._turn_item or new_id("item")
             self._turn_item = None
@@ -230,7 +253,7 @@ class RealtimeSession:
             await self.send(self.proto.committed(item_id))
             self._commit_buffer.clear()
             if turn.audio is not None and turn.audio.size:
-                self._transcribe(item_id, turn.audio)
+                self._user_turn(item_id, turn)
 
     async def _commit(self, event_id: str | None) -> None:
         if not self._commit_buffer:
@@ -241,13 +264,42 @@ class RealtimeSession:
         item_id = new_id("item")
         await self.send(self.proto.committed(item_id))
         if self._transcription_active:
-            self._transcribe(item_id, audio)
+            speech_ms = audio.size * 1000 / C.SAMPLE_RATE
+            self._user_turn(item_id, TurnEvent("turn.end", self.hybrid.clock(), audio, speech_ms, "commit"))
+
+    def _user_turn(self, item_id: str, turn: TurnEvent) -> None:
+        """A finished user turn: hybrid mode transcribes and answers it; otherwise it is only transcribed."""
+        if self.hybrid is not None and self.hybrid.hears_speech:
+            self.hybrid.on_turn_event(turn, item_id)  # -> transcript.user / transcript.error with item_id
+        else:
+            self._transcribe(item_id, turn.audio)
 
     @property
     def _transcription_active(self) -> bool:
         transcriber = getattr(self.server, "transcriber", None)
-        hybrid = bool(self.decision) and self.decision.get("mode") == "hybrid"
+        hybrid = self.proto.settings.mode != "standalone" or (bool(self.decision)
+                                                             and self.decision.get("mode") == "hybrid")
         return transcriber is not None and (self.proto.settings.transcription or hybrid)
+
+    async def _hybrid_event(self, event: dict[str, Any]) -> None:
+        """Hybrid mode's events in Realtime terms; the rest as ``bizra.*`` extension events."""
+        kind = event.get("type")
+        try:
+            if kind == "transcript.user":
+                if event.get("source") == "speech":
+                    await self.send(self.proto.transcription_completed(
+                        event.get("item_id") or new_id("item"), event.get("text", ""), event.get("audio_s", 0.0)))
+                return  # typed text was acknowledged with conversation.item.added/done
+            if kind == "transcript.error":
+                await self.send(self.proto.transcription_failed(event.get("item_id") or new_id("item"),
+                                                                event["reason"]))
+                return
+            if kind == "playback.flush":  # barge-in: the guided answer stopped; close the open response
+                for out in self.proto.cancel("turn_detected"):
+                    await self.send(out)
+            await self.send(self.proto.extension(event))
+        except _Gone:
+            pass
 
     def _transcribe(self, item_id: str, audio: np.ndarray) -> None:
         task = asyncio.create_task(self._transcribe_task(item_id, audio))
@@ -300,12 +352,14 @@ class RealtimeSession:
             server.metrics.first_audio(ENDPOINT, (time.monotonic() - self.accepted_at) * 1000)
 
         self.live = server.tap_session(live, self.recorder, first_audio)
+        from bizra_voice.serve.hybrid_wiring import hybrid_controller
+
+        self.hybrid = hybrid_controller(server, live, settings.mode, settings.instructions, self._hybrid_event,
+                                        detect_turns=False)
         server.metrics.started(ENDPOINT, started_ms)
         log.info("realtime session on slot %d: voice %s, mode %s (%s), recording %s", live.slot, live.voice,
                  self.decision.get("mode"), self.decision.get("reason"), self.recorder is not None)
         if self._transcription_active:
-            from bizra_voice.turns import TurnConfig, TurnDetector
-
             h = server.config.hybrid
             self._turns = TurnDetector(TurnConfig(min_db=h.vad_min_db, hangover_ms=h.vad_hangover_ms,
                                                   early_end_ms=h.vad_early_end_ms))
@@ -315,8 +369,9 @@ class RealtimeSession:
         while True:
             out = await self.live.next_output()  # raises SessionClosed at the end
             text = out.text or ""
+            self.hybrid.on_output(out)
             if self._turns is not None:
-                turn = self._turns.push_assistant_token(bool(text.strip()), time.monotonic())
+                turn = self._turns.push_assistant_token(bool(text.strip()), self.hybrid.clock())
                 if turn is not None:
                     await self._turn_event(turn)
             for event in self.proto.on_frame(out.pcm, text):
