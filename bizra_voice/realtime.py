@@ -3,7 +3,8 @@
 Pure (no Ray, no sockets): ``bizra_voice/serve/realtime_session.py`` drives it.
 
 Client events handled: ``session.update`` (``instructions`` -> persona, ``audio.output.voice`` -> voice,
-plus our extensions ``mode`` and ``record``), ``input_audio_buffer.append`` (base64 PCM16 LE, 24 kHz mono),
+``audio.*.format`` -> PCM16 24 kHz or G.711 μ-law/A-law 8 kHz (``audio/g711.py``), plus our extensions
+``mode`` and ``record``), ``input_audio_buffer.append`` (base64 audio in the input format),
 ``input_audio_buffer.commit``, ``input_audio_buffer.clear``, ``response.create``, ``response.cancel`` and
 ``conversation.item.create`` of a user message with ``input_text`` (a typed question: hybrid mode answers it
 with Qwen's knowledge in the persona's voice). Anything else is answered with a recoverable ``error`` event.
@@ -36,10 +37,13 @@ from typing import Any, Literal
 import numpy as np
 
 from bizra_voice import constants as C
+from bizra_voice.audio.g711 import TELEPHONY_RATE, G711Decoder, G711Encoder
 from bizra_voice.session_params import normalize_voice
 
 MAX_EVENT_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one input_audio_buffer.append
 MODES = ("standalone", "hybrid", "auto")
+AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")  # PCM16 24 kHz; G.711 μ-law / A-law 8 kHz
+_G711_LAW = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
 
 
 class RealtimeError(Exception):
@@ -73,20 +77,30 @@ def encode_pcm16(pcm: np.ndarray) -> str:
     return base64.b64encode((samples * 32767.0).round().astype("<i2").tobytes()).decode("ascii")
 
 
-def decode_pcm16(data: Any, event_id: str | None = None) -> np.ndarray:
-    """base64 PCM16 little-endian -> float32 [-1, 1); raises RealtimeError on bad input."""
+def decode_base64_audio(data: Any, event_id: str | None = None) -> bytes:
+    """The ``audio`` field of ``input_audio_buffer.append`` -> its bytes; raises RealtimeError on bad input."""
     if not isinstance(data, str):
-        raise RealtimeError("input_audio_buffer.append needs `audio`: a base64 string of PCM16 24 kHz mono.",
-                            "invalid_value", param="audio", event_id=event_id)
+        raise RealtimeError("input_audio_buffer.append needs `audio`: a base64 string in the session's input "
+                            "format (PCM16 24 kHz mono unless set otherwise).", "invalid_value", param="audio",
+                            event_id=event_id)
     try:
-        raw = base64.b64decode(data, validate=True)
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise RealtimeError("`audio` is not valid base64.", "invalid_value", param="audio",
                             event_id=event_id) from None
+
+
+def pcm16_samples(raw: bytes, event_id: str | None = None) -> np.ndarray:
+    """PCM16 little-endian bytes -> float32 [-1, 1); raises RealtimeError on a torn sample."""
     if len(raw) % 2:
         raise RealtimeError("`audio` must hold whole 16-bit samples (an even number of bytes).", "invalid_value",
                             param="audio", event_id=event_id)
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def decode_pcm16(data: Any, event_id: str | None = None) -> np.ndarray:
+    """base64 PCM16 little-endian -> float32 [-1, 1); raises RealtimeError on bad input."""
+    return pcm16_samples(decode_base64_audio(data, event_id), event_id)
 
 
 # ---- client events ---------------------------------------------------------------------------------------
@@ -100,6 +114,8 @@ class SessionChanges:
     mode: str | None = None
     record: bool | None = None
     transcription: bool | None = None  # audio.input.transcription set (True) or null (False)
+    input_format: str | None = None
+    output_format: str | None = None
     event_id: str | None = None
 
 
@@ -108,19 +124,29 @@ class ClientEvent:
     kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel",
                   "item.create"]
     event_id: str | None = None
-    pcm: np.ndarray | None = None
     changes: SessionChanges | None = None
+    audio: bytes | None = None  # append: the audio bytes, in the session's input format
     text: str | None = None  # item.create: the user's typed message
     item_id: str | None = None  # item.create: the client's item id, if it chose one
 
 
-def _format_ok(fmt: Any, where: str, event_id: str | None) -> None:
+def _audio_format(fmt: Any, where: str, event_id: str | None) -> str | None:
+    """A session's ``audio.*.format`` -> one of AUDIO_FORMATS (None = unchanged)."""
     if fmt is None:
-        return
-    if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" or \
-            fmt.get("rate", C.SAMPLE_RATE) != C.SAMPLE_RATE:
-        raise RealtimeError(f"Only audio/pcm at {C.SAMPLE_RATE} Hz is supported for {where}.",
-                            "unsupported_audio_format", param=f"session.{where}.format", event_id=event_id)
+        return None
+    kind = fmt.get("type", "audio/pcm") if isinstance(fmt, dict) else None
+    rate = fmt.get("rate") if isinstance(fmt, dict) else None
+    expected_rate = C.SAMPLE_RATE if kind == "audio/pcm" else TELEPHONY_RATE
+    if kind not in AUDIO_FORMATS or rate not in (None, expected_rate):
+        raise RealtimeError(f"Supported formats for {where}: audio/pcm at {C.SAMPLE_RATE} Hz, audio/pcmu and "
+                            f"audio/pcma (G.711 at {TELEPHONY_RATE} Hz).", "unsupported_audio_format",
+                            param=f"session.{where}.format", event_id=event_id)
+    return kind
+
+
+def format_object(kind: str) -> dict[str, Any]:
+    """The GA schema's format object (G.711 formats carry no rate: it is always 8 kHz)."""
+    return {"type": kind, "rate": C.SAMPLE_RATE} if kind == "audio/pcm" else {"type": kind}
 
 
 def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
@@ -140,8 +166,8 @@ def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
         raise RealtimeError("`audio` must be an object.", "invalid_value", param="session.audio", event_id=event_id)
     audio_in = audio.get("input") or {}
     audio_out = audio.get("output") or {}
-    _format_ok(audio_in.get("format"), "audio.input", event_id)
-    _format_ok(audio_out.get("format"), "audio.output", event_id)
+    input_format = _audio_format(audio_in.get("format"), "audio.input", event_id)
+    output_format = _audio_format(audio_out.get("format"), "audio.output", event_id)
     voice = audio_out.get("voice")
     if voice is not None:
         if isinstance(voice, dict):
@@ -163,7 +189,8 @@ def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
     if "transcription" in audio_in:
         transcription = audio_in["transcription"] is not None
     return SessionChanges(instructions=instructions, voice=voice, mode=mode, record=record,
-                          transcription=transcription, event_id=event_id)
+                          transcription=transcription, input_format=input_format, output_format=output_format,
+                          event_id=event_id)
 
 
 def _user_text_item(item: Any, event_id: str | None) -> tuple[str, str | None]:
@@ -211,7 +238,7 @@ def parse_client_event(data: str | bytes) -> ClientEvent:
     if kind == "session.update":
         return ClientEvent("session.update", event_id, changes=_session_changes(event.get("session"), event_id))
     if kind == "input_audio_buffer.append":
-        return ClientEvent("append", event_id, pcm=decode_pcm16(event.get("audio"), event_id))
+        return ClientEvent("append", event_id, audio=decode_base64_audio(event.get("audio"), event_id))
     if kind == "input_audio_buffer.commit":
         return ClientEvent("commit", event_id)
     if kind == "input_audio_buffer.clear":
@@ -288,6 +315,8 @@ class RealtimeSettings:
     mode: str = "auto"
     record: bool = False
     transcription: bool = False
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
 
 
 class RealtimeProtocol:
@@ -306,18 +335,20 @@ class RealtimeProtocol:
         self.responses = 0
         self.last_item_id: str | None = None
         self.created_at = int(time.time())
+        self._decoder: G711Decoder | None = None  # created once the formats are fixed (engine started)
+        self._encoder: G711Encoder | None = None
 
     # session ------------------------------------------------------------------------------------------
     def session_object(self) -> dict[str, Any]:
         s = self.settings
-        fmt = {"type": "audio/pcm", "rate": C.SAMPLE_RATE}
         return {
             "type": "realtime", "object": "realtime.session", "id": self.session_id, "model": s.model,
             "output_modalities": ["audio"], "instructions": s.instructions,
             "audio": {
-                "input": {"format": fmt, "transcription": {"model": "whisper"} if s.transcription else None,
+                "input": {"format": format_object(s.input_format),
+                          "transcription": {"model": "whisper"} if s.transcription else None,
                           "turn_detection": None, "noise_reduction": None},
-                "output": {"format": fmt, "voice": s.voice, "speed": 1.0},
+                "output": {"format": format_object(s.output_format), "voice": s.voice, "speed": 1.0},
             },
             "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
             "mode": s.mode, "record": s.record,
@@ -336,7 +367,10 @@ class RealtimeProtocol:
             fixed = [name for name, new, old in (("instructions", changes.instructions, s.instructions),
                                                   ("voice", changes.voice, s.voice),
                                                   ("mode", changes.mode, s.mode),
-                                                  ("record", changes.record, s.record))
+                                                  ("record", changes.record, s.record),
+                                                  ("audio.input.format", changes.input_format, s.input_format),
+                                                  ("audio.output.format", changes.output_format,
+                                                   s.output_format))
                      if new is not None and new != old]
             if fixed:
                 raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are "
@@ -352,6 +386,29 @@ class RealtimeProtocol:
             s.record = changes.record
         if changes.transcription is not None:
             s.transcription = changes.transcription
+        if changes.input_format is not None:
+            s.input_format = changes.input_format
+        if changes.output_format is not None:
+            s.output_format = changes.output_format
+
+    # audio ---------------------------------------------------------------------------------------------
+    def decode_input(self, raw: bytes, event_id: str | None = None) -> np.ndarray:
+        """Appended audio in the session's input format -> float32 PCM at 24 kHz (call once started)."""
+        law = _G711_LAW.get(self.settings.input_format)
+        if law is None:
+            return pcm16_samples(raw, event_id)
+        if self._decoder is None:
+            self._decoder = G711Decoder(law)  # type: ignore[arg-type]
+        return self._decoder.decode(raw)
+
+    def encode_output(self, pcm: np.ndarray) -> str:
+        """One engine frame -> base64 audio in the session's output format (G.711 keeps resampler state)."""
+        law = _G711_LAW.get(self.settings.output_format)
+        if law is None:
+            return encode_pcm16(pcm)
+        if self._encoder is None:
+            self._encoder = G711Encoder(law)  # type: ignore[arg-type]
+        return base64.b64encode(self._encoder.encode(pcm)).decode("ascii")
 
     # output --------------------------------------------------------------------------------------------
     def _response(self, status: str, *, reason: str | None = None, with_output: bool = False) -> dict[str, Any]:
@@ -359,7 +416,7 @@ class RealtimeProtocol:
             "object": "realtime.response", "id": self.response_id, "status": status,
             "status_details": {"type": status, "reason": reason} if status != "in_progress" else None,
             "conversation_id": f"conv_{self.session_id}", "output_modalities": ["audio"],
-            "audio": {"output": {"format": {"type": "audio/pcm", "rate": C.SAMPLE_RATE},
+            "audio": {"output": {"format": format_object(self.settings.output_format),
                                  "voice": self.settings.voice}},
             "max_output_tokens": "inf", "metadata": None, "usage": None, "output": [],
         }
@@ -392,10 +449,11 @@ class RealtimeProtocol:
         """The server events for one 80 ms engine frame (none while the model is silent)."""
         self.frames += 1
         step = self.segmenter.step(text, pcm)
+        audio = self.encode_output(pcm)  # every frame: a G.711 stream's resampler must see the silences too
         if not step.in_response:
             return []
         events = self._open() if step.started else []
-        events.append(self._part("response.output_audio.delta", delta=encode_pcm16(pcm)))
+        events.append(self._part("response.output_audio.delta", delta=audio))
         if text:
             self.transcript.append(text)
             events.append(self._part("response.output_audio_transcript.delta", delta=text))

@@ -36,19 +36,28 @@ def pcm16_b64(pcm: np.ndarray) -> str:
 
 
 async def realtime_conversation(base_url: str, pcm: np.ndarray, *, record: bool = False,
-                                drain_s: float = 1.5, transcribe: bool = False) -> dict:
-    """Drive /v1/realtime with the official openai package: session.update, stream audio, collect events."""
+                                drain_s: float = 1.5, transcribe: bool = False,
+                                g711: str | None = None) -> dict:
+    """Drive /v1/realtime with the official openai package: session.update, stream audio, collect events.
+    ``g711`` ("audio/pcmu" | "audio/pcma"): both directions in that telephony format, as a phone bridge would."""
     from openai import AsyncOpenAI
 
     ws_base = base_url.replace("http://", "ws://") + "/v1"
     client = AsyncOpenAI(api_key="dummy-key", base_url=base_url + "/v1", websocket_base_url=ws_base)
     events: list = []
     query = {"record": "1"} if record else {}
+    sent = b""
+    encoder = None
+    audio: dict = {"output": {"voice": "NATF0"},
+                   "input": {"transcription": {"model": "whisper"} if transcribe else None}}
+    if g711 is not None:
+        from bizra_voice.audio.g711 import G711Encoder
+
+        encoder = G711Encoder("ulaw" if g711 == "audio/pcmu" else "alaw")
+        audio["output"]["format"] = audio["input"]["format"] = {"type": g711}
     async with client.realtime.connect(model="personaplex-7b-v1", extra_query=query) as conn:
         await conn.session.update(session={
-            "type": "realtime", "instructions": "You are a terse test persona.",
-            "audio": {"output": {"voice": "NATF0"},
-                      "input": {"transcription": {"model": "whisper"} if transcribe else None}},
+            "type": "realtime", "instructions": "You are a terse test persona.", "audio": audio,
             "mode": "standalone"})
 
         async def reader():
@@ -59,14 +68,19 @@ async def realtime_conversation(base_url: str, pcm: np.ndarray, *, record: bool 
         start = time.monotonic()
         chunk = 2 * FRAME_SIZE  # 160 ms per append, sent in real time
         for k in range(0, len(pcm), chunk):
-            await conn.input_audio_buffer.append(audio=pcm16_b64(pcm[k:k + chunk]))
+            if encoder is None:
+                await conn.input_audio_buffer.append(audio=pcm16_b64(pcm[k:k + chunk]))
+            else:
+                payload = encoder.encode(pcm[k:k + chunk])
+                sent += payload
+                await conn.input_audio_buffer.append(audio=base64.b64encode(payload).decode())
             await asyncio.sleep(max(0.0, start + (k + chunk) / SAMPLE_RATE - time.monotonic()))
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         await asyncio.sleep(drain_s)
         await conn.close()
         await asyncio.gather(task, return_exceptions=True)
-    return {"events": events}
+    return {"events": events, "sent": sent}
 
 
 def types_of(events) -> list[str]:
@@ -252,3 +266,37 @@ def test_realtime_recording_with_consent(cpu_server, cpu_recordings_dir):
     config = next(json.loads(x) for x in (new[0] / "events.jsonl").read_text().splitlines()
                   if json.loads(x)["type"] == "session.config")
     assert config["session"]["instructions"] == "You are a terse test persona." and config["session"]["record"]
+
+
+def test_realtime_telephony_g711_both_ways(cpu_server, cpu_recordings_dir):
+    """A phone bridge's session: μ-law 8 kHz in and out. The audio the model heard (the consent recording's
+    user.wav) is exactly what our G.711 decoder makes of the bytes sent; the replies are μ-law 8 kHz."""
+    import sphn
+
+    from bizra_voice.audio.g711 import G711Decoder
+
+    before = {p.name for p in cpu_recordings_dir.iterdir()}
+    pcm = user_pcm(2.4)
+    out = asyncio.run(realtime_conversation(cpu_server, pcm, record=True, drain_s=1.0, g711="audio/pcmu"))
+    events = out["events"]
+    assert "error" not in types_of(events), [e for e in events if e.type == "error"]
+    updated = [e for e in events if e.type == "session.updated"][0]
+    assert updated.session.audio.input.format.type == "audio/pcmu"
+    assert updated.session.audio.output.format.type == "audio/pcmu"
+    deltas = [base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta"]
+    assert len(deltas) >= 10
+    # one byte per 8 kHz sample: ~640 bytes per 80 ms frame (the resampler hands them out unevenly)
+    assert abs(sum(map(len, deltas)) - 640 * len(deltas)) <= 2 * 640, [len(d) for d in deltas[:8]]
+    reply = G711Decoder("ulaw").decode(b"".join(deltas))
+    assert np.isfinite(reply).all() and np.abs(reply).max() > 0
+    deadline = time.monotonic() + 10
+    new: list[Path] = []
+    while time.monotonic() < deadline and not new:
+        new = [p for p in cpu_recordings_dir.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
+        time.sleep(0.1)
+    assert len(new) == 1
+    heard, sr = sphn.read(str(new[0] / "user.wav"))
+    expected = G711Decoder("ulaw").decode(out["sent"])
+    n = min(heard.shape[-1], expected.size)
+    assert sr == SAMPLE_RATE and n > 0.9 * pcm.size
+    assert np.abs(heard[0, :n] - expected[:n]).max() <= 2 / 32768  # the WAV is 16-bit

@@ -55,7 +55,12 @@ def test_parse_session_update_maps_instructions_voice_mode():
 
 @pytest.mark.parametrize("session, code", [
     ({"type": "realtime", "audio": {"output": {"voice": "../../etc/passwd"}}}, "invalid_value"),
-    ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "unsupported_audio_format"),
+    ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/g729"}}}}, "unsupported_audio_format"),
+    ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+     "unsupported_audio_format"),
+    ({"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu", "rate": 24000}}}},
+     "unsupported_audio_format"),
+    ({"type": "realtime", "audio": {"output": {"format": "pcm16"}}}, "unsupported_audio_format"),
     ({"type": "realtime", "mode": "turbo"}, "invalid_value"),
     ({"type": "transcription"}, "invalid_value"),
     ({"type": "realtime", "instructions": "x" * 5000}, "invalid_value"),
@@ -69,7 +74,11 @@ def test_parse_session_update_rejects(session, code):
 def test_parse_other_events():
     pcm = np.full(960, 0.25, np.float32)
     append = parse_client_event(ev(type="input_audio_buffer.append", audio=encode_pcm16(pcm)))
-    assert append.kind == "append" and append.pcm.size == 960 and abs(float(append.pcm[0]) - 0.25) < 1e-3
+    assert append.kind == "append" and len(append.audio) == 2 * 960
+    decoded = RealtimeProtocol(RealtimeSettings()).decode_input(append.audio)
+    assert decoded.size == 960 and abs(float(decoded[0]) - 0.25) < 1e-3
+    with pytest.raises(RealtimeError):
+        RealtimeProtocol(RealtimeSettings()).decode_input(b"\x00\x01\x02")  # a torn 16-bit sample
     for kind, expected in (("input_audio_buffer.commit", "commit"), ("input_audio_buffer.clear", "clear"),
                            ("response.create", "response.create"), ("response.cancel", "response.cancel")):
         assert parse_client_event(ev(type=kind)).kind == expected
@@ -223,3 +232,66 @@ def test_session_locked_after_start_and_cancel_closes_response():
     assert cancelled[-1]["type"] == "response.done"
     assert cancelled[-1]["response"]["status"] == "cancelled"
     assert cancelled[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+def chirp(seconds: float, rate: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * (200 * t + 700 * t * t))).astype(np.float32)  # 200 Hz -> 3 kHz in 2 s
+
+
+@pytest.mark.parametrize("kind", ["audio/pcmu", "audio/pcma"])
+def test_g711_session_formats_round_trip(kind):
+    """A telephony session: formats negotiated by session.update, reported back in the GA shape, output
+    frames encoded as 8 kHz G.711 that a G.711 decoder turns back into the same signal."""
+    from openai.types.realtime import ResponseAudioDeltaEvent, SessionUpdatedEvent
+
+    from bizra_voice.audio.g711 import G711Decoder
+
+    proto = RealtimeProtocol(RealtimeSettings(), segmenter=SegmenterConfig(end_silence_frames=100))
+    proto.apply(parse_client_event(ev(type="session.update", session={
+        "type": "realtime", "audio": {"input": {"format": {"type": kind}}, "output": {"format": {"type": kind}}}}
+    )).changes)
+    updated = SessionUpdatedEvent.model_validate(proto.session_updated())
+    assert updated.session.audio.input.format.type == kind and updated.session.audio.output.format.type == kind
+    signal = chirp(2.0)
+    payload = b""
+    for k in range(0, signal.size, FRAME_SIZE):
+        for event in proto.on_frame(signal[k:k + FRAME_SIZE], " a"):
+            if event["type"] == "response.output_audio.delta":
+                ResponseAudioDeltaEvent.model_validate(event)
+                payload += base64.b64decode(event["delta"])
+    assert 0 <= signal.size // 3 - len(payload) <= 100  # a byte per 8 kHz sample, less the resampler's 12.5 ms
+    back = G711Decoder("ulaw" if kind == "audio/pcmu" else "alaw").decode(payload)
+    ref, got = signal[2400:40000], back[2400:40000]
+    snr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
+    assert snr > 30, snr  # G.711 is ~38 dB on a band-limited signal; no misalignment or seams
+    proto.started = True
+    with pytest.raises(RealtimeError) as err:  # the codec state is fixed once audio flows
+        proto.apply(parse_client_event(ev(type="session.update", session={
+            "type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}})).changes)
+    assert err.value.code == "session_locked"
+
+
+def test_g711_input_is_decoded_chunk_by_chunk_without_seams():
+    from bizra_voice.audio.g711 import G711Encoder
+
+    signal = chirp(2.0)
+    g711 = G711Encoder("ulaw").encode(signal)
+    proto = RealtimeProtocol(RealtimeSettings(input_format="audio/pcmu"))
+    chunks = [proto.decode_input(g711[k:k + 123]) for k in range(0, len(g711), 123)]  # odd sizes on purpose
+    whole = RealtimeProtocol(RealtimeSettings(input_format="audio/pcmu")).decode_input(g711)
+    joined = np.concatenate(chunks)
+    n = min(joined.size, whole.size)
+    assert n > 40000 and np.array_equal(joined[:n], whole[:n])
+    ref, got = signal[2400:40000], joined[2400:40000]
+    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 30
+
+
+def test_g711_matches_the_itu_reference_values():
+    """Spot values of ITU-T G.711: digital silence is 0xFF (μ-law) / 0xD5 (A-law); full scale saturates."""
+    from bizra_voice.audio.g711 import G711Decoder, G711Encoder
+
+    assert set(G711Encoder("ulaw").encode(np.zeros(2400, np.float32))) == {0xFF}
+    assert set(G711Encoder("alaw").encode(np.zeros(2400, np.float32))) == {0xD5}
+    loud = G711Decoder("ulaw").decode(bytes([0x80]) * 800)  # μ-law 0x80 = +32124 (the largest positive code)
+    assert 0.95 < float(np.median(loud[300:-300])) < 0.99

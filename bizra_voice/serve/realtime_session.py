@@ -199,8 +199,8 @@ class RealtimeSession:
             await self.send(self.proto.session_updated())
         elif event.kind == "append":
             await self._ensure_engine()
-            assert event.pcm is not None
-            await self._user_audio(event.pcm)
+            assert event.audio is not None
+            await self._user_audio(self.proto.decode_input(event.audio, event.event_id))
         elif event.kind == "commit":
             await self._commit(event.event_id)
         elif event.kind == "clear":
@@ -227,6 +227,8 @@ class RealtimeSession:
             await self.hybrid.on_user_text(None, {"text": event.text})
 
     async def _user_audio(self, pcm: np.ndarray) -> None:
+        if not pcm.size:  # a resampler (G.711 input) holding its first samples back
+            return
         try:
             self.live.push_pcm(pcm)
         except BadSessionRequest as exc:
