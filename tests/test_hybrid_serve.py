@@ -270,45 +270,84 @@ def as_dict(event) -> dict:
     return event.to_dict() if hasattr(event, "to_dict") else dict(event)
 
 
+class RealtimeConversation:
+    """A scripted Realtime client: streams PCM16 in real time (silence unless told to ``say`` something) and
+    records every server event, as a dict, with its arrival time."""
+
+    def __init__(self, base_url: str, session: dict) -> None:
+        self.base_url, self.session = base_url, session
+        self.events: list[dict] = []
+        self.arrival: list[float] = []
+        self._queue: list[np.ndarray] = []
+
+    async def __aenter__(self) -> RealtimeConversation:
+        self._cm = realtime_client(self.base_url).realtime.connect(model="personaplex-7b-v1")
+        self.conn = await self._cm.__aenter__()
+        await self.conn.session.update(session=self.session)
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._stream())]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._tasks[1].cancel()
+        await self.conn.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cm.__aexit__(*exc)
+
+    async def _read(self) -> None:
+        async for event in self.conn:
+            self.events.append(as_dict(event))
+            self.arrival.append(time.monotonic())
+
+    async def _stream(self) -> None:  # the model runs one frame per 80 ms of input: keep the line open
+        import base64
+
+        start, chunk = time.monotonic(), 2 * FRAME_SIZE
+        for k in range(10_000):
+            pcm = np.zeros(chunk, np.float32)
+            if self._queue:
+                pcm, self._queue[0] = self._queue[0][:chunk], self._queue[0][chunk:]
+                if not self._queue[0].size:
+                    self._queue.pop(0)
+                pcm = np.pad(pcm, (0, chunk - pcm.size))
+            data = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
+            await self.conn.input_audio_buffer.append(audio=base64.b64encode(data).decode())
+            await asyncio.sleep(max(0.0, start + (k + 1) * chunk / SAMPLE_RATE - time.monotonic()))
+
+    def say(self, pcm: np.ndarray) -> None:
+        self._queue.append(np.asarray(pcm, np.float32))
+
+    async def type(self, text: str) -> None:
+        await self.conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                       "content": [{"type": "input_text", "text": text}]})
+
+    async def wait(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events if e["type"] == kind]
+            if found:
+                return found[0]
+            assert not [e for e in self.events if e["type"] == "error"], self.events
+            assert time.monotonic() < deadline, (f"no {kind} within {timeout} s: "
+                                                 f"{[e['type'] for e in self.events if 'delta' not in e['type']]}")
+            await asyncio.sleep(0.1)
+
+    def index(self, kind: str) -> int:
+        return [e["type"] for e in self.events].index(kind)
+
+
 def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
     """A Realtime client types a question (conversation.item.create) in a hybrid session: the item is
     acknowledged, the router and Qwen answer (bizra.* events), and the answer's tokens come back, in order,
     in response.output_audio_transcript.delta: PersonaPlex spoke Qwen's words. A standalone session refuses
     typed text with an error that says why."""
-    import base64
 
     async def scenario():
-        events: list[dict] = []
-        arrival: list[float] = []
-        silence = base64.b64encode(np.zeros(2 * FRAME_SIZE, "<i2").tobytes()).decode()
-        async with realtime_client(cpu_server).realtime.connect(model="personaplex-7b-v1") as conn:
-            await conn.session.update(session={"type": "realtime", "instructions": "You are a guide.",
-                                               "mode": "hybrid"})
-
-            async def reader():
-                async for event in conn:
-                    events.append(as_dict(event))
-                    arrival.append(time.monotonic())
-
-            async def stream():  # the model runs one frame per 80 ms of input: keep the line open
-                start = time.monotonic()
-                for k in range(10_000):
-                    await conn.input_audio_buffer.append(audio=silence)
-                    await asyncio.sleep(max(0.0, start + (k + 1) * 2 * FRAME_MS / 1000 - time.monotonic()))
-
-            tasks = [asyncio.create_task(reader()), asyncio.create_task(stream())]
+        async with RealtimeConversation(cpu_server, {"type": "realtime", "instructions": "You are a guide.",
+                                                     "mode": "hybrid"}) as c:
             await asyncio.sleep(0.5)
-            await conn.conversation.item.create(item={"type": "message", "role": "user",
-                                                      "content": [{"type": "input_text", "text": QUESTION}]})
-            deadline = time.monotonic() + 60
-            while not any(e["type"] == "bizra.guidance.ended" for e in events):
-                assert time.monotonic() < deadline, [e["type"] for e in events if not e["type"].endswith("delta")]
-                assert not [e for e in events if e["type"] == "error"], events
-                await asyncio.sleep(0.1)
+            await c.type(QUESTION)
+            await c.wait("bizra.guidance.ended", 60)
             await asyncio.sleep(0.5)  # the last guided frame's text follows guidance.ended
-            tasks[1].cancel()
-            await conn.close()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
         async with realtime_client(cpu_server).realtime.connect(model="personaplex-7b-v1") as conn:
             await conn.session.update(session={"type": "realtime", "mode": "standalone"})
@@ -319,9 +358,10 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
                 if event.type == "error":
                     refused = as_dict(event)
                     break
-        return events, arrival, refused
+        return c, refused
 
-    events, arrival, refused = asyncio.run(scenario())
+    c, refused = asyncio.run(scenario())
+    events, arrival = c.events, c.arrival
     kinds = [e["type"] for e in events]
     assert "error" not in kinds
     added = next(e for e in events if e["type"] == "conversation.item.added")
@@ -341,3 +381,40 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
     print("\nlatency (typed question over /v1/realtime, CPU):", json.dumps(started["timings"]))
     assert refused is not None and refused["error"]["code"] == "hybrid_unavailable"
     assert "standalone" in refused["error"]["message"]
+
+
+def test_realtime_barge_in_cancels_the_guided_answer(cpu_server):
+    """Speech over a guided answer on /v1/realtime: speech_started, the rest of the answer is cancelled
+    (bizra.guidance.ended cancelled), and the response that was playing ends as cancelled/turn_detected."""
+
+    async def scenario():
+        async with RealtimeConversation(cpu_server, {"type": "realtime", "mode": "hybrid"}) as c:
+            await asyncio.sleep(0.5)
+            await c.type("Explain, at length, how the tides work?")
+            await c.wait("bizra.guidance.started", 30)
+            c.say(speech()[: 2 * SAMPLE_RATE])  # the user talks over the answer
+            await c.wait("bizra.playback.flush", 10)
+            await c.wait("bizra.guidance.ended", 10)
+            await asyncio.sleep(0.3)
+        return c
+
+    c = asyncio.run(scenario())
+    kinds = [e["type"] for e in c.events]
+    flush_at = c.index("bizra.playback.flush")
+    assert "input_audio_buffer.speech_started" in kinds[:flush_at]
+    assert c.events[flush_at]["reason"] == "barge-in"
+    ended = next(e for e in c.events if e["type"] == "bizra.guidance.ended")
+    assert ended["cancelled"] is True and ended["reason"] == "barge-in"
+    assert 1 <= ended["said_tokens"] < ended["total_tokens"], ended
+    # the response playing at the barge-in is closed as cancelled just before the flush event
+    previous = c.events[flush_at - 1]
+    cancelled = previous["type"] == "response.done" and previous["response"]["status"] == "cancelled"
+    print(f"\nresponse cancelled by the barge-in: {cancelled}; events: {kinds[flush_at - 3:flush_at + 3]}")
+    if cancelled:
+        assert previous["response"]["status_details"]["reason"] == "turn_detected"
+        assert kinds[flush_at - 3:flush_at] == ["response.output_audio.done",
+                                                "response.output_audio_transcript.done", "response.done"]
+    else:  # then nothing was playing: no response open at that moment
+        opened = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.created"]
+        closed = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.done"]
+        assert not opened or (closed and closed[-1] > opened[-1]), kinds[flush_at - 5:flush_at + 1]
