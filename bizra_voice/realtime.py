@@ -16,10 +16,11 @@ equivalent; they are sent with a ``bizra.`` prefix (``bizra.router.decision``, `
 **Responses in a full-duplex model.** PersonaPlex listens and speaks at once; it has no request/response
 boundary, so responses are synthesised from its output (``ResponseSegmenter``): a frame *speaks* when it
 carries a text piece or its audio RMS is above ``speech_rms`` (-40 dBFS). The first speaking frame opens a
-response (``response.created``); every frame from then on is sent as ``response.output_audio.delta`` (and
-its text as ``response.output_audio_transcript.delta``) until ``end_silence_frames`` (10 = 800 ms)
-consecutive non-speaking frames, which close it (``response.output_audio.done``,
-``response.output_audio_transcript.done``, ``response.done`` status ``completed``). Frames outside a
+response (``response.created``, the assistant item's ``response.output_item.added`` /
+``conversation.item.added``, ``response.content_part.added``); every frame from then on is sent as
+``response.output_audio.delta`` (and its text as ``response.output_audio_transcript.delta``) until
+``end_silence_frames`` (10 = 800 ms) consecutive non-speaking frames, which close it (the matching ``.done``
+events, then ``response.done`` status ``completed``). Frames outside a
 response are the model's silence and are not sent. ``response.create`` is accepted (the model decides when
 to speak); ``response.cancel`` closes the open response with status ``cancelled``.
 """
@@ -335,6 +336,7 @@ class RealtimeProtocol:
         self.responses = 0
         self.last_item_id: str | None = None
         self.created_at = int(time.time())
+        self._item_previous: str | None = None  # the item before the open response's assistant item
         self._decoder: G711Decoder | None = None  # created once the formats are fixed (engine started)
         self._encoder: G711Encoder | None = None
 
@@ -430,18 +432,36 @@ class RealtimeProtocol:
         return {"type": event_type, "event_id": new_id("event"), "response_id": self.response_id,
                 "item_id": self.item_id, "output_index": 0, "content_index": 0, **extra}
 
+    def _assistant_item(self, status: str) -> dict[str, Any]:
+        content = [] if status == "in_progress" else [{"type": "output_audio", "transcript": "".join(self.transcript)}]
+        return {"id": self.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": status, "content": content}
+
+    def _item_events(self, phase: Literal["added", "done"], item: dict[str, Any],
+                     previous: str | None) -> list[dict[str, Any]]:
+        """``response.output_item.*`` + ``conversation.item.*``: SDKs track the conversation through them."""
+        return [{"type": f"response.output_item.{phase}", "event_id": new_id("event"),
+                 "response_id": self.response_id, "output_index": 0, "item": item},
+                {"type": f"conversation.item.{phase}", "event_id": new_id("event"), "previous_item_id": previous,
+                 "item": item}]
+
     def _open(self) -> list[dict[str, Any]]:
         self.response_id, self.item_id, self.transcript = new_id("resp"), new_id("item"), []
         self.responses += 1
-        return [{"type": "response.created", "event_id": new_id("event"), "response": self._response("in_progress")}]
+        self._item_previous, self.last_item_id = self.last_item_id, self.item_id
+        return [{"type": "response.created", "event_id": new_id("event"), "response": self._response("in_progress")},
+                *self._item_events("added", self._assistant_item("in_progress"), self._item_previous),
+                self._part("response.content_part.added", part={"type": "audio", "transcript": ""})]
 
     def _close(self, status: str, reason: str | None = None) -> list[dict[str, Any]]:
         transcript = "".join(self.transcript)
+        item = self._assistant_item("completed" if status == "completed" else "incomplete")
         events = [self._part("response.output_audio.done"),
                   self._part("response.output_audio_transcript.done", transcript=transcript),
+                  self._part("response.content_part.done", part={"type": "audio", "transcript": transcript}),
+                  *self._item_events("done", item, self._item_previous),
                   {"type": "response.done", "event_id": new_id("event"),
                    "response": self._response(status, reason=reason, with_output=True)}]
-        self.last_item_id = self.item_id
         self.response_id = self.item_id = None
         return events
 
@@ -468,11 +488,15 @@ class RealtimeProtocol:
         return self._close("cancelled", reason)
 
     # input ---------------------------------------------------------------------------------------------
-    def committed(self, item_id: str) -> dict[str, Any]:
-        event = {"type": "input_audio_buffer.committed", "event_id": new_id("event"), "item_id": item_id,
-                 "previous_item_id": self.last_item_id}
-        self.last_item_id = item_id
-        return event
+    def committed(self, item_id: str) -> list[dict[str, Any]]:
+        """``input_audio_buffer.committed`` and the user audio item it adds to the conversation."""
+        previous, self.last_item_id = self.last_item_id, item_id
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
+                "content": [{"type": "input_audio", "transcript": None}]}
+        return [{"type": "input_audio_buffer.committed", "event_id": new_id("event"), "item_id": item_id,
+                 "previous_item_id": previous},
+                *({"type": f"conversation.item.{phase}", "event_id": new_id("event"), "previous_item_id": previous,
+                   "item": item} for phase in ("added", "done"))]
 
     @staticmethod
     def cleared() -> dict[str, Any]:

@@ -107,6 +107,12 @@ def test_realtime_with_the_openai_client(cpu_server):
     transcript = [e for e in events if e.type == "response.output_audio_transcript.delta"]
     assert transcript and all(isinstance(e.delta, str) and e.delta for e in transcript)
     assert kinds.index("response.created") < kinds.index("response.output_audio.delta")
+    # the assistant's item, as SDKs track the conversation: output_item.added -> content -> output_item.done
+    items = [e for e in events if e.type == "response.output_item.added"]
+    assert items and items[0].response_id == created[0].response.id and items[0].item.role == "assistant"
+    assert deltas[0].item_id == items[0].item.id
+    assert kinds.index("response.output_item.added") < kinds.index("response.content_part.added") < \
+        kinds.index("response.output_audio.delta")
     # user speech -> the Transcriber deployment (tiny random Whisper here: the text itself is gibberish)
     committed = {e.item_id for e in events if e.type == "input_audio_buffer.committed"}
     heard = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]

@@ -132,14 +132,14 @@ def test_typed_item_and_extension_events_parse_with_the_openai_types():
     )
 
     proto = RealtimeProtocol(RealtimeSettings())
-    committed = proto.committed("item_audio")
+    committed = proto.committed("item_audio")[0]
     added, done = proto.user_text_item("item_typed", "What is the capital of France?")
     assert committed["previous_item_id"] is None and added["previous_item_id"] == "item_audio"
     for event, model in ((added, ConversationItemAdded), (done, ConversationItemDone)):
         parsed = model.model_validate(event)
         assert isinstance(parsed.item, RealtimeConversationItemUserMessage)
         assert parsed.item.id == "item_typed" and parsed.item.content[0].text == "What is the capital of France?"
-    assert proto.committed("item_next")["previous_item_id"] == "item_typed"
+    assert proto.committed("item_next")[0]["previous_item_id"] == "item_typed"
     ext = proto.extension({"type": "router.decision", "mode": "hybrid", "reason": "r"})
     assert ext["type"] == "bizra.router.decision" and ext["mode"] == "hybrid" and ext["event_id"]
 
@@ -168,33 +168,50 @@ def test_protocol_builds_ga_events_for_one_response():
     assert created["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert proto.on_frame(SILENCE, "") == []
     events = proto.on_frame(LOUD, " Hi")
-    assert [e["type"] for e in events] == ["response.created", "response.output_audio.delta",
-                                           "response.output_audio_transcript.delta"]
+    assert [e["type"] for e in events] == ["response.created", "response.output_item.added",
+                                           "conversation.item.added", "response.content_part.added",
+                                           "response.output_audio.delta", "response.output_audio_transcript.delta"]
     response_id = events[0]["response"]["id"]
     assert events[0]["response"]["status"] == "in_progress"
-    delta = events[1]
+    item_id = events[1]["item"]["id"]
+    assert events[1]["item"]["role"] == "assistant" and events[1]["item"]["status"] == "in_progress"
+    assert events[2]["item"] == events[1]["item"] and events[2]["previous_item_id"] is None
+    delta = events[4]
     assert delta["response_id"] == response_id and delta["output_index"] == 0 and delta["content_index"] == 0
-    assert decode_pcm16(delta["delta"]).size == FRAME_SIZE
-    assert events[2]["delta"] == " Hi"
+    assert delta["item_id"] == item_id and decode_pcm16(delta["delta"]).size == FRAME_SIZE
+    assert events[5]["delta"] == " Hi"
     proto.on_frame(LOUD, " there")
     proto.on_frame(SILENCE, "")
     tail = proto.on_frame(SILENCE, "")
     assert [e["type"] for e in tail] == ["response.output_audio.delta", "response.output_audio.done",
-                                         "response.output_audio_transcript.done", "response.done"]
-    assert tail[2]["transcript"] == " Hi there"
-    done = tail[3]["response"]
+                                         "response.output_audio_transcript.done", "response.content_part.done",
+                                         "response.output_item.done", "conversation.item.done", "response.done"]
+    assert tail[2]["transcript"] == " Hi there" and tail[3]["part"] == {"type": "audio", "transcript": " Hi there"}
+    assert tail[4]["item"]["status"] == "completed" and tail[5]["item"]["id"] == item_id
+    done = tail[6]["response"]
     assert done["id"] == response_id and done["status"] == "completed"
     assert done["output"][0]["content"][0] == {"type": "output_audio", "transcript": " Hi there"}
     assert proto.cancel() == []  # nothing open any more
+    # the next user turn follows the assistant's item in the conversation
+    committed, added, item_done = proto.committed("item_user")
+    assert committed["previous_item_id"] == item_id == added["previous_item_id"]
+    assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}] and item_done["item"] == added["item"]
 
 
 def test_protocol_events_parse_with_the_openai_types():
     """Our server events construct the openai package's own GA models with their fields intact."""
     from openai.types.realtime import (
+        ConversationItemAdded,
+        ConversationItemDone,
         ConversationItemInputAudioTranscriptionCompletedEvent,
+        InputAudioBufferCommittedEvent,
         RealtimeErrorEvent,
         ResponseAudioDeltaEvent,
+        ResponseContentPartAddedEvent,
+        ResponseContentPartDoneEvent,
         ResponseDoneEvent,
+        ResponseOutputItemAddedEvent,
+        ResponseOutputItemDoneEvent,
         SessionUpdatedEvent,
     )
 
@@ -203,6 +220,18 @@ def test_protocol_events_parse_with_the_openai_types():
     proto = RealtimeProtocol(RealtimeSettings(voice="NATF0"), segmenter=SegmenterConfig(end_silence_frames=1))
     events = proto.on_frame(LOUD, " a") + proto.on_frame(SILENCE, "")
     by_type = {e["type"]: e for e in events}
+    for kind, model in (("response.output_item.added", ResponseOutputItemAddedEvent),
+                        ("response.output_item.done", ResponseOutputItemDoneEvent),
+                        ("response.content_part.added", ResponseContentPartAddedEvent),
+                        ("response.content_part.done", ResponseContentPartDoneEvent),
+                        ("conversation.item.added", ConversationItemAdded),
+                        ("conversation.item.done", ConversationItemDone)):
+        assert model.model_validate(by_type[kind]).type == kind
+    assert ResponseOutputItemDoneEvent.model_validate(by_type["response.output_item.done"]).item.content[0].transcript == " a"
+    committed, added, _ = proto.committed("item_u")
+    assert InputAudioBufferCommittedEvent.model_validate(committed).previous_item_id == by_type[
+        "conversation.item.added"]["item"]["id"]
+    assert ConversationItemAdded.model_validate(added).item.role == "user"
     delta = ResponseAudioDeltaEvent.model_validate(by_type["response.output_audio.delta"])
     assert delta.response_id == by_type["response.created"]["response"]["id"]
     done = ResponseDoneEvent.model_validate(by_type["response.done"])

@@ -252,7 +252,8 @@ class RealtimeSession:
             item_id = self._turn_item or new_id("item")
             self._turn_item = None
             await self.send(self.proto.speech_stopped(item_id, at_ms))
-            await self.send(self.proto.committed(item_id))
+            for event in self.proto.committed(item_id):
+                await self.send(event)
             self._commit_buffer.clear()
             if turn.audio is not None and turn.audio.size:
                 self._user_turn(item_id, turn)
@@ -264,7 +265,8 @@ class RealtimeSession:
         audio = np.concatenate(self._commit_buffer)
         self._commit_buffer.clear()
         item_id = new_id("item")
-        await self.send(self.proto.committed(item_id))
+        for event in self.proto.committed(item_id):
+            await self.send(event)
         if self._transcription_active:
             speech_ms = audio.size * 1000 / C.SAMPLE_RATE
             self._user_turn(item_id, TurnEvent("turn.end", self.hybrid.clock(), audio, speech_ms, "commit"))
