@@ -90,6 +90,22 @@ def test_browser_talks_to_server(base_url: str) -> None:
             transcript = page.locator(".entry.assistant .text").first.inner_text()
             status_rtt = page.locator("#stat-rtt").inner_text()
 
+            # Typed questions (auto mode routes typed text to the knowledge model): one bubble per answer,
+            # and a message the server refuses is said to be refused, not dropped.
+            for question in ("What is the capital of France?", "And what is the capital of Spain?"):
+                page.fill("#ask", question)
+                page.click("#ask-send")
+                count = page.locator('.entry.knowledge[data-done="true"]').count()
+                page.wait_for_function(
+                    "(n) => document.querySelectorAll('.entry.knowledge[data-done=\"true\"]').length > n",
+                    arg=count, timeout=30_000)
+            answers = page.locator(".entry.knowledge .text").all_inner_texts()
+            assert page.get_attribute("#ask", "maxlength") == "2000"
+            page.evaluate("() => { document.getElementById('ask').value = 'why '.repeat(600); }")  # past maxlength
+            page.click("#ask-send")
+            page.wait_for_selector(".entry.router:has-text('not sent')", timeout=10_000)
+            refused = page.locator(".entry.router:has-text('not sent') .text").first.inner_text()
+
             page.get_by_role("button", name="Disconnect").click()
             page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=10_000)
         finally:
@@ -101,4 +117,6 @@ def test_browser_talks_to_server(base_url: str) -> None:
     assert int(counters["framesDecoded"]) >= MIN_FRAMES
     assert transcript.strip(), "assistant text is shown"
     assert status_rtt.endswith("ms") or "ms" in status_rtt
+    assert len(answers) == 2 and all(a.strip() for a in answers), answers
+    assert "2000" in refused, refused
     assert console_errors == [], f"console errors: {console_errors}"

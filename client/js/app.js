@@ -141,6 +141,12 @@ function onServerEvent(c, ev) {
     case 'transcript.user': if (ev.text) log.user(ev.text); break;
     case 'router.decision': log.router(ev); break;
     case 'knowledge.answer': log.knowledgeAnswer(ev); break;
+    // Nothing the user sent may vanish silently: say what the server could not take, and why.
+    case 'user.text.rejected': log.note(`Your message was not sent: ${ev.reason}.`); break;
+    case 'transcript.error': log.note(`What you just said could not be transcribed: ${ev.reason}.`); break;
+    case 'session.draining':
+      log.note(`The server is restarting this replica (${ev.reason}); reconnecting in ${ev.closing_in_s ?? 0} s…`);
+      break;
     case 'recording': ui.recording.hidden = !ev.on; break;
     case 'playback.flush': c.engine.flush(); break;
     default: break; // newer servers may send more; older clients must not break on them

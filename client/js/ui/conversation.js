@@ -59,16 +59,17 @@ export class ConversationLog {
     this.entry('router', '', `Routed to ${mode}${reason ? ` — ${reason}` : ''}`);
   }
 
-  /** Knowledge answers may stream: pieces append, a cumulative text replaces. */
-  knowledgeAnswer({ text = '', turn, done }) {
+  /** A knowledge answer (0x04 `knowledge.answer`): `delta` pieces stream in; the final event's `text` is the
+   *  whole answer and replaces them. One bubble per `turn_id`. */
+  knowledgeAnswer({ turn_id: turn, delta = '', text, done }) {
     let body = this.knowledge.get(turn);
     if (!body) {
       body = this.entry('knowledge', 'Knowledge', '');
       this.knowledge.set(turn, body);
       this.assistant = null;
     }
-    const current = body.textContent;
-    body.textContent = text.startsWith(current) ? text : current + text;
+    if (done && typeof text === 'string' && text) body.textContent = text;
+    else body.textContent += delta;
     if (done) body.parentElement.dataset.done = 'true';
     this.scroll();
   }
