@@ -284,11 +284,25 @@ class HybridController:
 
     # ---- turns ----------------------------------------------------------------------------------------
     async def _barge_in(self, turn: TurnState) -> None:
-        if self._turn_task is not None and self.turn is turn:
-            self._turn_task.cancel()  # stop reading (and generating) the rest of the answer
-        said = await turn.guidance.cancel()
+        said = await self._stop(turn)
         await self._send({"type": "playback.flush", "turn_id": turn.turn_id, "reason": "barge-in"})
         self._finish(turn, cancelled=True, said=said, reason="barge-in")
+
+    async def _stop(self, turn: TurnState) -> int:
+        """Stop reading (and generating) the rest of the answer and drop its unsaid words; -> words said."""
+        if self._turn_task is not None and self.turn is turn:
+            self._turn_task.cancel()
+        return await turn.guidance.cancel() if turn.guidance is not None else 0
+
+    async def cancel_answer(self, reason: str) -> bool:
+        """The client cancelled the answer being prepared or spoken (Realtime ``response.cancel``)."""
+        turn = self.turn
+        if turn is None or turn.finished or self._turn_task is None or \
+                (self._turn_task.done() and turn.guidance is None):
+            return False
+        said = await self._stop(turn)
+        self._finish(turn, cancelled=True, said=said, reason=reason)
+        return True
 
     def _finish(self, turn: TurnState, *, cancelled: bool, said: int, reason: str) -> None:
         if turn.finished:

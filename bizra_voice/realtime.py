@@ -7,7 +7,8 @@ Client events handled: ``session.update`` (``instructions`` -> persona, ``audio.
 ``mode`` and ``record``), ``input_audio_buffer.append`` (base64 audio in the input format),
 ``input_audio_buffer.commit``, ``input_audio_buffer.clear``, ``response.create``, ``response.cancel`` and
 ``conversation.item.create`` of a user message with ``input_text`` (a typed question: hybrid mode answers it
-with Qwen's knowledge in the persona's voice). Anything else is answered with a recoverable ``error`` event.
+with Qwen's knowledge in the persona's voice) and ``conversation.item.truncate`` (acknowledged). Anything else
+is answered with a recoverable ``error`` event.
 
 **Hybrid mode's own events** (router decisions, Qwen's streamed answer, guidance start/end) have no Realtime
 equivalent; they are sent with a ``bizra.`` prefix (``bizra.router.decision``, ``bizra.knowledge.answer``,
@@ -43,6 +44,7 @@ from bizra_voice.session_params import normalize_voice
 
 MAX_EVENT_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one input_audio_buffer.append
 MODES = ("standalone", "hybrid", "auto")
+MAX_TRACKED_ITEMS = 64  # assistant items whose audio length is kept (conversation.item.truncate)
 AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")  # PCM16 24 kHz; G.711 μ-law / A-law 8 kHz
 _G711_LAW = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
 
@@ -123,12 +125,13 @@ class SessionChanges:
 @dataclass(frozen=True)
 class ClientEvent:
     kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel",
-                  "item.create"]
+                  "item.create", "item.truncate"]
     event_id: str | None = None
     changes: SessionChanges | None = None
     audio: bytes | None = None  # append: the audio bytes, in the session's input format
     text: str | None = None  # item.create: the user's typed message
-    item_id: str | None = None  # item.create: the client's item id, if it chose one
+    item_id: str | None = None  # item.create: the client's item id, if it chose one; item.truncate: the item
+    audio_end_ms: int | None = None  # item.truncate: how much of the item's audio the user heard
 
 
 def _audio_format(fmt: Any, where: str, event_id: str | None) -> str | None:
@@ -251,9 +254,20 @@ def parse_client_event(data: str | bytes) -> ClientEvent:
     if kind == "conversation.item.create":
         text, item_id = _user_text_item(event.get("item"), event_id)
         return ClientEvent("item.create", event_id, text=text, item_id=item_id)
+    if kind == "conversation.item.truncate":
+        item_id, end_ms, index = event.get("item_id"), event.get("audio_end_ms"), event.get("content_index", 0)
+        for name, ok in (("item_id", isinstance(item_id, str) and 0 < len(item_id) <= 64),
+                         ("audio_end_ms", isinstance(end_ms, int) and not isinstance(end_ms, bool) and end_ms >= 0),
+                         ("content_index", index == 0)):
+            if not ok:
+                raise RealtimeError(f"conversation.item.truncate needs `item_id`, `audio_end_ms` >= 0 and "
+                                    f"`content_index` 0 (assistant items have one audio part); bad `{name}`.",
+                                    "invalid_value", param=name, event_id=event_id)
+        return ClientEvent("item.truncate", event_id, item_id=item_id, audio_end_ms=end_ms)
     raise RealtimeError(f"Unsupported event type {str(kind)[:64]!r}: this server handles session.update, "
-                        "input_audio_buffer.append/commit/clear, response.create/cancel and "
-                        "conversation.item.create (user text).", "unknown_event", param="type", event_id=event_id)
+                        "input_audio_buffer.append/commit/clear, response.create/cancel, "
+                        "conversation.item.create (user text) and conversation.item.truncate.", "unknown_event",
+                        param="type", event_id=event_id)
 
 
 # ---- response segmentation -------------------------------------------------------------------------------
@@ -337,6 +351,7 @@ class RealtimeProtocol:
         self.last_item_id: str | None = None
         self.created_at = int(time.time())
         self._item_previous: str | None = None  # the item before the open response's assistant item
+        self.audio_ms: dict[str, int] = {}  # assistant item -> ms of audio sent (the last MAX_TRACKED_ITEMS)
         self._decoder: G711Decoder | None = None  # created once the formats are fixed (engine started)
         self._encoder: G711Encoder | None = None
 
@@ -474,12 +489,27 @@ class RealtimeProtocol:
             return []
         events = self._open() if step.started else []
         events.append(self._part("response.output_audio.delta", delta=audio))
+        self.audio_ms[self.item_id] = self.audio_ms.get(self.item_id, 0) + int(C.FRAME_MS)  # type: ignore[index]
+        while len(self.audio_ms) > MAX_TRACKED_ITEMS:
+            del self.audio_ms[next(iter(self.audio_ms))]
         if text:
             self.transcript.append(text)
             events.append(self._part("response.output_audio_transcript.delta", delta=text))
         if step.ended:
             events.extend(self._close("completed"))
         return events
+
+    def truncated(self, item_id: str, audio_end_ms: int, event_id: str | None = None) -> dict[str, Any]:
+        """Acknowledge ``conversation.item.truncate`` of an assistant item (the client stopped playing it)."""
+        sent = self.audio_ms.get(item_id)
+        if sent is None:
+            raise RealtimeError(f"No assistant audio item {item_id!r} in this conversation (recent ones only).",
+                                "item_not_found", param="item_id", event_id=event_id)
+        if audio_end_ms > sent:
+            raise RealtimeError(f"audio_end_ms {audio_end_ms} is past the {sent} ms of audio sent for {item_id}.",
+                                "invalid_value", param="audio_end_ms", event_id=event_id)
+        return {"type": "conversation.item.truncated", "event_id": new_id("event"), "item_id": item_id,
+                "content_index": 0, "audio_end_ms": int(audio_end_ms)}
 
     def cancel(self, reason: str = "client_cancelled") -> list[dict[str, Any]]:
         """Close the open response (response.cancel, or the end of the connection)."""

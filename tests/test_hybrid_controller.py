@@ -246,6 +246,38 @@ def test_barge_in_cancels_the_rest_and_flushes(sp):
     assert not any(f.guided for f in after)
 
 
+def test_client_cancel_stops_the_answer(sp):
+    """Realtime ``response.cancel``: the rest of the guided answer is dropped, no flush event (the client
+    asked), and nothing is left to cancel afterwards."""
+    long_answer = "one two three four five six seven eight nine ten " * 3
+
+    async def scenario():
+        ctl, live, events, calls = make(sp, answer_pieces=pieces_of(long_answer))
+        assert await ctl.cancel_answer("client_cancelled") is False  # nothing asked yet
+        await ctl.on_user_text(None, {"type": "user.text", "text": "Count to thirty please?"})
+        await settle()
+        said = []
+        for _ in range(6):
+            frame = live.tick(True)
+            ctl.on_output(frame)
+            said += [frame.text_token] if frame.guided else []
+            await settle()
+        cancelled = await ctl.cancel_answer("client_cancelled")
+        again = await ctl.cancel_answer("client_cancelled")
+        await settle()
+        after = [live.tick(True) for _ in range(10)]
+        await ctl.close()
+        return events, said, after, cancelled, again
+
+    events, said, after, cancelled, again = asyncio.run(scenario())
+    assert cancelled is True and again is False
+    assert "playback.flush" not in types(events)
+    ended = next(e for e in events if e["type"] == "guidance.ended")
+    assert ended["cancelled"] is True and ended["reason"] == "client_cancelled"
+    assert ended["said_tokens"] == len(said) == 6 < ended["total_tokens"]
+    assert not any(f.guided for f in after)
+
+
 def test_spoken_turn_goes_through_the_transcriber(sp):
     seen = []
 

@@ -420,3 +420,26 @@ def test_realtime_barge_in_cancels_the_guided_answer(cpu_server):
         opened = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.created"]
         closed = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.done"]
         assert not opened or (closed and closed[-1] > opened[-1]), kinds[flush_at - 5:flush_at + 1]
+
+
+def test_realtime_response_cancel_stops_the_guided_answer_and_truncate_is_acknowledged(cpu_server):
+    """What an SDK does when its user presses stop: ``response.cancel`` (the rest of Qwen's answer is not
+    spoken) and ``conversation.item.truncate`` of the item it was playing (acknowledged)."""
+
+    async def scenario():
+        async with RealtimeConversation(cpu_server, {"type": "realtime", "mode": "hybrid"}) as c:
+            await asyncio.sleep(0.5)
+            await c.type("Explain, at length, how the tides work?")
+            await c.wait("bizra.guidance.started", 30)
+            await c.conn.response.cancel()
+            ended = await c.wait("bizra.guidance.ended", 10)
+            playing = [e for e in c.events if e["type"] == "response.output_item.added"][-1]["item"]["id"]
+            await c.conn.conversation.item.truncate(item_id=playing, content_index=0, audio_end_ms=80)
+            truncated = await c.wait("conversation.item.truncated", 10)
+            return c, ended, playing, truncated
+
+    c, ended, playing, truncated = asyncio.run(scenario())
+    assert ended["cancelled"] is True and ended["reason"] == "client_cancelled"
+    assert 1 <= ended["said_tokens"] < ended["total_tokens"], ended
+    assert truncated["item_id"] == playing and truncated["audio_end_ms"] == 80
+    assert not [e for e in c.events if e["type"] == "error"]

@@ -82,7 +82,7 @@ def test_parse_other_events():
     for kind, expected in (("input_audio_buffer.commit", "commit"), ("input_audio_buffer.clear", "clear"),
                            ("response.create", "response.create"), ("response.cancel", "response.cancel")):
         assert parse_client_event(ev(type=kind)).kind == expected
-    for raw, code in ((ev(type="conversation.item.truncate"), "unknown_event"), ("{nope", "invalid_json"),
+    for raw, code in ((ev(type="conversation.item.retrieve"), "unknown_event"), ("{nope", "invalid_json"),
                       ("[1, 2]", "invalid_json")):
         with pytest.raises(RealtimeError) as err:
             parse_client_event(raw)
@@ -324,3 +324,28 @@ def test_g711_matches_the_itu_reference_values():
     assert set(G711Encoder("alaw").encode(np.zeros(2400, np.float32))) == {0xD5}
     loud = G711Decoder("ulaw").decode(bytes([0x80]) * 800)  # μ-law 0x80 = +32124 (the largest positive code)
     assert 0.95 < float(np.median(loud[300:-300])) < 0.99
+
+
+def test_truncate_acknowledges_what_the_user_heard():
+    from openai.types.realtime import ConversationItemTruncatedEvent
+
+    proto = RealtimeProtocol(RealtimeSettings(), segmenter=SegmenterConfig(end_silence_frames=2))
+    events = [e for _ in range(5) for e in proto.on_frame(LOUD, " a")]
+    item_id = next(e for e in events if e["type"] == "response.output_item.added")["item"]["id"]
+    event = parse_client_event(ev(type="conversation.item.truncate", event_id="t1", item_id=item_id,
+                                  content_index=0, audio_end_ms=240))
+    assert (event.kind, event.item_id, event.audio_end_ms) == ("item.truncate", item_id, 240)
+    ack = ConversationItemTruncatedEvent.model_validate(proto.truncated(item_id, 240))
+    assert ack.item_id == item_id and ack.audio_end_ms == 240
+    with pytest.raises(RealtimeError) as err:  # 5 frames = 400 ms were sent
+        proto.truncated(item_id, 480, "t2")
+    assert err.value.code == "invalid_value" and err.value.event_id == "t2"
+    with pytest.raises(RealtimeError) as err:
+        proto.truncated("item_nope", 0)
+    assert err.value.code == "item_not_found"
+    for bad, param in (({"audio_end_ms": 10}, "item_id"), ({"item_id": "i", "audio_end_ms": -1}, "audio_end_ms"),
+                       ({"item_id": "i", "audio_end_ms": True}, "audio_end_ms"),
+                       ({"item_id": "i", "audio_end_ms": 5, "content_index": 1}, "content_index")):
+        with pytest.raises(RealtimeError) as err:
+            parse_client_event(ev(type="conversation.item.truncate", **bad))
+        assert err.value.param == param

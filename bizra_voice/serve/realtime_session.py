@@ -212,6 +212,11 @@ class RealtimeSession:
         elif event.kind == "response.cancel":
             for out in self.proto.cancel("client_cancelled"):
                 await self.send(out)
+            if self.hybrid is not None:  # a guided answer stops too (PersonaPlex's own words are its own)
+                await self.hybrid.cancel_answer("client_cancelled")
+        elif event.kind == "item.truncate":
+            assert event.item_id is not None and event.audio_end_ms is not None
+            await self.send(self.proto.truncated(event.item_id, event.audio_end_ms, event.event_id))
         elif event.kind == "item.create":
             assert event.text is not None
             if self.proto.settings.mode == "standalone" or self.server.qwen is None:
