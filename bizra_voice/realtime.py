@@ -44,6 +44,11 @@ from bizra_voice.session_params import normalize_voice
 
 MAX_EVENT_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one input_audio_buffer.append
 MODES = ("standalone", "hybrid", "auto")
+# session.update fields (SessionChanges -> RealtimeSettings, same names); those fixed once audio flows,
+# with the parameter name an error reports
+_SETTINGS_FIELDS = ("instructions", "voice", "mode", "record", "transcription", "input_format", "output_format")
+_LOCKED_ONCE_STARTED = {"instructions": "instructions", "voice": "voice", "mode": "mode", "record": "record",
+                        "input_format": "audio.input.format", "output_format": "audio.output.format"}
 MAX_TRACKED_ITEMS = 64  # assistant items whose audio length is kept (conversation.item.truncate)
 AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")  # PCM16 24 kHz; G.711 μ-law / A-law 8 kHz
 _G711_LAW = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
@@ -380,33 +385,16 @@ class RealtimeProtocol:
     def apply(self, changes: SessionChanges) -> None:
         """Apply a session.update; raises RealtimeError if it changes what the running engine session fixed."""
         s = self.settings
+        asked = {name: getattr(changes, name) for name in _SETTINGS_FIELDS if getattr(changes, name) is not None}
         if self.started:
-            fixed = [name for name, new, old in (("instructions", changes.instructions, s.instructions),
-                                                  ("voice", changes.voice, s.voice),
-                                                  ("mode", changes.mode, s.mode),
-                                                  ("record", changes.record, s.record),
-                                                  ("audio.input.format", changes.input_format, s.input_format),
-                                                  ("audio.output.format", changes.output_format,
-                                                   s.output_format))
-                     if new is not None and new != old]
+            fixed = [_LOCKED_ONCE_STARTED[name] for name, value in asked.items()
+                     if name in _LOCKED_ONCE_STARTED and value != getattr(s, name)]
             if fixed:
                 raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are "
                                     "prefilled into the model's session); open a new connection instead.",
                                     "session_locked", param=f"session.{fixed[0]}", event_id=changes.event_id)
-        if changes.instructions is not None:
-            s.instructions = changes.instructions
-        if changes.voice is not None:
-            s.voice = changes.voice
-        if changes.mode is not None:
-            s.mode = changes.mode
-        if changes.record is not None:
-            s.record = changes.record
-        if changes.transcription is not None:
-            s.transcription = changes.transcription
-        if changes.input_format is not None:
-            s.input_format = changes.input_format
-        if changes.output_format is not None:
-            s.output_format = changes.output_format
+        for name, value in asked.items():
+            setattr(s, name, value)
 
     # audio ---------------------------------------------------------------------------------------------
     def decode_input(self, raw: bytes, event_id: str | None = None) -> np.ndarray:
@@ -484,11 +472,13 @@ class RealtimeProtocol:
         """The server events for one 80 ms engine frame (none while the model is silent)."""
         self.frames += 1
         step = self.segmenter.step(text, pcm)
-        audio = self.encode_output(pcm)  # every frame: a G.711 stream's resampler must see the silences too
+        # a G.711 stream's resampler must see the silences too; PCM16 is only encoded when it is sent
+        audio = self.encode_output(pcm) if self.settings.output_format in _G711_LAW else None
         if not step.in_response:
             return []
         events = self._open() if step.started else []
-        events.append(self._part("response.output_audio.delta", delta=audio))
+        events.append(self._part("response.output_audio.delta",
+                                 delta=self.encode_output(pcm) if audio is None else audio))
         self.audio_ms[self.item_id] = self.audio_ms.get(self.item_id, 0) + int(C.FRAME_MS)  # type: ignore[index]
         while len(self.audio_ms) > MAX_TRACKED_ITEMS:
             del self.audio_ms[next(iter(self.audio_ms))]
