@@ -223,6 +223,16 @@ def wait_folder(root: Path, session_id: str, timeout_s: float = 10.0) -> Path | 
     return None
 
 
+def new_recordings(recordings: Path, before: set[str], timeout_s: float = 10.0) -> list[Path]:
+    """Session folders that appeared since ``before`` and are complete (assistant.wav is written at the end)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        new = [p for p in recordings.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
+        if new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.1)
+
+
 def test_recording_only_with_consent(cpu_server, cpu_recordings_dir):
     import sphn
 
@@ -259,11 +269,7 @@ def test_realtime_recording_with_consent(cpu_server, cpu_recordings_dir):
     pcm = user_pcm(1.6)
     out = asyncio.run(realtime_conversation(cpu_server, pcm, record=True, drain_s=1.0))
     assert "error" not in types_of(out["events"])
-    deadline = time.monotonic() + 10
-    new: list[Path] = []
-    while time.monotonic() < deadline and not new:
-        new = [p for p in cpu_recordings_dir.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
-        time.sleep(0.1)
+    new = new_recordings(cpu_recordings_dir, before)
     assert len(new) == 1
     user, _ = sphn.read(str(new[0] / "user.wav"))
     assert abs(user.shape[-1] - pcm.size) <= FRAME_SIZE
@@ -295,11 +301,7 @@ def test_realtime_telephony_g711_both_ways(cpu_server, cpu_recordings_dir):
     assert abs(sum(map(len, deltas)) - 640 * len(deltas)) <= 2 * 640, [len(d) for d in deltas[:8]]
     reply = G711Decoder("ulaw").decode(b"".join(deltas))
     assert np.isfinite(reply).all() and np.abs(reply).max() > 0
-    deadline = time.monotonic() + 10
-    new: list[Path] = []
-    while time.monotonic() < deadline and not new:
-        new = [p for p in cpu_recordings_dir.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
-        time.sleep(0.1)
+    new = new_recordings(cpu_recordings_dir, before)
     assert len(new) == 1
     heard, sr = sphn.read(str(new[0] / "user.wav"))
     expected = G711Decoder("ulaw").decode(out["sent"])

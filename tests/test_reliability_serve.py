@@ -19,7 +19,7 @@ from bizra_voice.audio import encode_ogg
 from bizra_voice.audio.ogg_check import ogg_page
 from bizra_voice.chat_client import chat_url, run_chat
 from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
-from tests.test_serve_cpu import get_json, offline_tokens, user_pcm, wait_free_slots
+from tests.test_serve_cpu import get_json, offline_tokens, session_record, user_pcm, wait_free_slots
 
 pytestmark = pytest.mark.slow
 
@@ -123,11 +123,7 @@ def test_bad_input_corpus_while_a_good_session_runs(cpu_server, cpu_args, cpu_re
     # the good session was untouched: complete, no errors, tokens equal to its solo offline run
     assert good.handshake_s is not None and not good.errors and good.close_code == 1000
     started = good.event("session.started")
-    record = cpu_record_dir / f"{started['session_id']}.npz"
-    deadline = time.monotonic() + 10
-    while not record.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    data = np.load(record)
+    data = session_record(cpu_record_dir, started["session_id"])
     served = data["text_tokens"].tolist()
     checkpoint = Path(cpu_args["cache_dir"]).expanduser() / "tiny-personaplex"
     reference = offline_tokens(checkpoint, data["input_pcm"], "NATM1", "You are a calm test persona.")

@@ -21,6 +21,15 @@ pytestmark = pytest.mark.slow
 WAV = SHARED / "audio" / "user_turn_en.wav"
 
 
+def session_record(record_dir: Path, session_id: str, timeout_s: float = 10.0):
+    """The test hook's record of a closed session (decoded input PCM, text tokens), written on close."""
+    record = record_dir / f"{session_id}.npz"
+    deadline = time.monotonic() + timeout_s
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return np.load(record)
+
+
 def get_json(base: str, path: str) -> dict:
     with urllib.request.urlopen(base + path, timeout=10) as resp:
         return json.loads(resp.read())
@@ -220,11 +229,7 @@ def test_greedy_tokens_equal_offline_engine_also_when_batched(cpu_server, cpu_ar
     for (voice, prompt), result in zip(prompts.items(), results, strict=True):
         started = result.event("session.started")
         assert started is not None, result.errors
-        record = cpu_record_dir / f"{started['session_id']}.npz"
-        deadline = time.monotonic() + 10
-        while not record.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        data = np.load(record)
+        data = session_record(cpu_record_dir, started["session_id"])
         served = data["text_tokens"].tolist()
         assert data["frames"].tolist() == list(range(len(served)))
         decoded = data["input_pcm"]
