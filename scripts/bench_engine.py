@@ -27,7 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _bench_common import BUDGET_MS, percentiles, provenance, pyplot, rss_bytes, write_json  # noqa: E402
+from _bench_common import (  # noqa: E402
+    BUDGET_MS,
+    percentiles,
+    provenance,
+    pyplot,
+    rss_bytes,
+    save_plot,
+    write_json,
+)
 
 from bizra_voice.constants import FRAME_SIZE  # noqa: E402
 
@@ -169,15 +177,7 @@ def plot(results: list[dict[str, Any]], title: str, path: Path) -> Path:
         ax.plot(xs, [r["tick_ms"]["p99"] for r in rows], marker="x", linestyle="--", label=f"{mode} p99")
     ax.axhline(BUDGET_MS, color="red", linewidth=1, label="80 ms budget")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("sessions in the batch (B)")
-    ax.set_ylabel("tick (ms)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path, xlabel="sessions in the batch (B)", ylabel="tick (ms)", title=title)
 
 
 def per_session_bytes(results: list[dict[str, Any]], mode: str, key: str) -> float | None:

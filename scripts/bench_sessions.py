@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _bench_common import BUDGET_MS, percentiles, provenance, pyplot, write_json  # noqa: E402
+from _bench_common import BUDGET_MS, percentiles, provenance, pyplot, save_plot, write_json  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAME = 1920
@@ -217,14 +217,8 @@ def plot(systems: dict[str, list[dict[str, Any]]], path_cdf: Path, path_p99: Pat
             if rtt.size:
                 ax.plot(rtt, np.arange(1, rtt.size + 1) / rtt.size, label=f"{name} N={lvl['sessions']}")
     ax.axvline(BUDGET_MS, color="red", linewidth=1, label="80 ms")
-    ax.set_xlabel("per-frame round trip (ms)")
-    ax.set_ylabel("fraction of frames")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path_cdf)
-    plt.close(fig)
+    save_plot(fig, ax, path_cdf, xlabel="per-frame round trip (ms)", ylabel="fraction of frames", title=title,
+              legend_size=6)
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, levels in systems.items():
@@ -234,14 +228,7 @@ def plot(systems: dict[str, list[dict[str, Any]]], path_cdf: Path, path_p99: Pat
     ax.axhline(BUDGET_MS, color="red", linewidth=1, label="80 ms")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("concurrent sessions (N)")
-    ax.set_ylabel("p99 round trip (ms)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path_p99)
-    plt.close(fig)
+    save_plot(fig, ax, path_p99, xlabel="concurrent sessions (N)", ylabel="p99 round trip (ms)", title=title)
 
 
 def with_query(url: str, params: dict[str, str]) -> str:

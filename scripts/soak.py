@@ -167,6 +167,7 @@ def write_outputs(report: SoakReport, out: Path, args: argparse.Namespace) -> No
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
