@@ -211,12 +211,16 @@ def test_metrics_move_during_a_session(cpu_server):
     assert after.get("ray_bizra_router_decisions_total", 0) > 0  # Ray exports counters with _total
 
 
+def recording_complete(folder: Path) -> bool:
+    """WAVs are streamed from the start: a recording is complete once its closing event is written."""
+    events = folder / "events.jsonl"
+    return events.exists() and '"recording.stopped"' in events.read_text()
+
+
 def wait_folder(root: Path, session_id: str, timeout_s: float = 10.0) -> Path | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        # WAVs are streamed from the start: the recording is complete once its closing event is written.
-        found = [p for p in root.glob(f"*-{session_id}")
-                 if (p / "events.jsonl").exists() and '"recording.stopped"' in (p / "events.jsonl").read_text()]
+        found = [p for p in root.glob(f"*-{session_id}") if recording_complete(p)]
         if found:
             return found[0]
         time.sleep(0.1)
@@ -224,10 +228,10 @@ def wait_folder(root: Path, session_id: str, timeout_s: float = 10.0) -> Path | 
 
 
 def new_recordings(recordings: Path, before: set[str], timeout_s: float = 10.0) -> list[Path]:
-    """Session folders that appeared since ``before`` and are complete (assistant.wav is written at the end)."""
+    """Session folders that appeared since ``before`` and are complete."""
     deadline = time.monotonic() + timeout_s
     while True:
-        new = [p for p in recordings.iterdir() if p.name not in before and (p / "assistant.wav").exists()]
+        new = [p for p in recordings.iterdir() if p.name not in before and recording_complete(p)]
         if new or time.monotonic() > deadline:
             return new
         time.sleep(0.1)
