@@ -1,7 +1,7 @@
 """Shared fixtures: one Ray cluster per pytest session and the CPU dev profile deployed on it.
 
-Ray Serve is started for real (a WebSocket must go through the Serve proxy on port 8000; Starlette's
-TestClient would bypass Ray). ``cpu_server`` is used by the serving tests and the browser tests.
+Ray Serve is started for real (a WebSocket must go through the Serve proxy; Starlette's TestClient would
+bypass Ray), on a free port (or ``BIZRA_TEST_PORT``) so a stray server or a second checkout never answers. ``cpu_server`` is used by the serving tests and the browser tests.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-BASE_URL = "http://127.0.0.1:8000"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests._ports import serve_test_port  # noqa: E402
+
+SERVE_PORT = serve_test_port()
+BASE_URL = f"http://127.0.0.1:{SERVE_PORT}"
 
 
 def cpu_profile_args() -> dict:
@@ -97,7 +101,7 @@ def cpu_server(ray_session, cpu_args) -> str:
     from bizra_voice.app import build_app
 
     args = cpu_args
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
     started = time.monotonic()
     serve.run(build_app(args), name="bizra", route_prefix="/", blocking=False)
     wait_http(BASE_URL + "/api/health", timeout_s=120)

@@ -1,4 +1,4 @@
-"""Hybrid mode end to end on the CPU dev profile through the real Ray Serve proxy (port 8000).
+"""Hybrid mode end to end on the CPU dev profile through the real Ray Serve proxy.
 
 Tiny random models: the words are gibberish, so these check the plumbing, the events and the order of
 the guided tokens in the 0x02 stream — not what is said.

@@ -1,5 +1,5 @@
 """Issue 8 end to end on the CPU dev profile: /v1/realtime with the official openai client, Prometheus
-metrics on Ray's metrics endpoint, consent-gated recording (through the real Serve proxy on port 8000)."""
+metrics on Ray's metrics endpoint, consent-gated recording (through the real Serve proxy)."""
 
 from __future__ import annotations
 

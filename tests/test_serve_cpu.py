@@ -1,4 +1,4 @@
-"""End-to-end tests of the CPU dev profile through the real Ray Serve proxy on port 8000."""
+"""End-to-end tests of the CPU dev profile through the real Ray Serve proxy."""
 
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests._ports import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +55,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def test_cpu_profile_serves_index_within_60s(tmp_path):
-    port = 8011
+    port = free_port()
     proc = serve_run(profile_copy(tmp_path, "serve_config.cpu.yaml", port), tmp_path)
     started = time.monotonic()
     served_after = None
@@ -81,7 +83,7 @@ def test_cpu_profile_over_tls_with_a_made_certificate(tmp_path):
 
     import websockets
 
-    port = 8014
+    port = free_port()
     # `bizra-voice make-cert` (the console script runs bizra_voice.cli:main), from the checkout under test
     made = subprocess.run([sys.executable, "-m", "bizra_voice.cli", "make-cert", "./tls", "--host", "localhost"],
                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
@@ -127,7 +129,7 @@ def test_gpu_profile_without_gpu_fails_fast_with_one_sentence(tmp_path):
 
     if local_cuda():
         pytest.skip("a GPU is present: the GPU profile would start")
-    proc = serve_run(profile_copy(tmp_path, "serve_config.yaml", 8013), tmp_path)
+    proc = serve_run(profile_copy(tmp_path, "serve_config.yaml", free_port()), tmp_path)
     try:
         proc.wait(timeout=90)
     finally:
