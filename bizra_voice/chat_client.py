@@ -54,7 +54,10 @@ class ChatResult:
 
 
 def chat_url(base_url: str, **params: Any) -> str:
+    """The ``/api/chat`` URL; ours asks for the JSON events (``events=1``) unless ``events=None`` is given,
+    which makes it a plain moshi/PersonaPlex client."""
     ws = base_url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
+    params = {"events": 1, **params}
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     return f"{ws}/api/chat" + (f"?{query}" if query else "")
 

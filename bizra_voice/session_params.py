@@ -3,7 +3,7 @@
 Accepts what PersonaPlex/moshi web clients send (``text_prompt``, ``voice_prompt`` such as ``NATF2.pt``,
 ``text_temperature``, ``text_topk``, ``audio_temperature``, ``audio_topk``, ``text_seed``/``audio_seed``,
 ``pad_mult``, ``repetition_penalty``, ...) plus ours (``mode``, ``seed``, ``greedy``, ``record``,
-``token``). Parameters we do not use are ignored so an old client still connects.
+``events``, ``token``). Parameters we do not use are ignored so an old client still connects.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class SessionParams(BaseModel):
     greedy: bool = False
     mode: Mode = "auto"
     record: bool = False
+    events: bool = Field(False, description="Send our JSON events (0x04). Off by default: moshi/PersonaPlex "
+                         "clients read 0x04 as the Rust server's info object and get only the reference's messages.")
     token: str | None = Field(None, max_length=512)
 
     @field_validator("text_prompt")
@@ -96,7 +98,7 @@ class SessionParams(BaseModel):
             raise ValueError("must be -1 (random) or a non-negative 63-bit integer")
         return value
 
-    @field_validator("greedy", "record", mode="before")
+    @field_validator("greedy", "record", "events", mode="before")
     @classmethod
     def _bool(cls, value: Any) -> bool:
         return _flag(value)

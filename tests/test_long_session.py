@@ -66,6 +66,38 @@ def test_reanchoring_with_the_whole_history_is_a_no_op(short_context):
     assert streams[0] == streams[1]
 
 
+def test_a_chunked_reanchor_with_ticks_in_between_is_a_no_op(short_context):
+    """The re-anchor prefills in small chunks while the row keeps ticking; its last step appends the frames
+    produced meanwhile. With the whole history replayed the continuation still equals the un-anchored one."""
+    models = LoadedModels.load(_config(short_context, reanchor_history=60, dtype="float64"))
+    prompt = models.prepare(SessionSpec(text_prompt="Be calm.", voice="SHORT"))
+    pcm = _frames(45, seed=4)
+    streams, steps_taken = [], 0
+    for anchor in (False, True):
+        engine = BatchedEngine(models.bundle, 2)
+        engine.keep_history(60, 16)
+        engine.prefill_chunk = 8  # a ~50-position context takes several steps
+        engine.start_slot(1, prompt, SamplingParams(greedy=True))
+        steps = None
+        out = []
+        for t in range(45):
+            if anchor and t == 20:
+                steps = engine.reanchor_steps(1)
+            if steps is not None:
+                if next(steps, "done") == "done":
+                    steps = None
+                else:
+                    steps_taken += 1
+                    assert not engine.needs_reanchor(1)  # never a second one while this one runs
+            r = engine.tick(np.stack([pcm[t], pcm[t]]), np.array([False, True]))
+            out.append((int(r.text[1]), r.agent[1].tolist()))
+        assert steps is None, "the re-anchor did not finish"
+        engine.close()
+        streams.append(out)
+    assert steps_taken >= 4  # it really was spread over ticks
+    assert streams[0] == streams[1]
+
+
 def test_runs_ten_times_its_context_and_stays_inside_it(short_context):
     config = _config(short_context, slots=2, reanchor_history=20, max_pending_frames=2000)
     runtime = EngineRuntime.create(config)

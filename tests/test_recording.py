@@ -105,13 +105,21 @@ class _FakeMetrics:
     def __init__(self):
         self.tick_ms, self.deadline_misses = _Recorder(), _Recorder()
         self.sessions_active, self.slots_total = _Recorder(), _Recorder()
+        self.admitting, self.sessions_ended = _Recorder(), _Recorder()
 
 
 class _FakeRuntime:
     capacity = 4
 
     def __init__(self):
+        import collections
+
         self.ticks, self.times, self.deadline_misses, self.active_sessions = 0, [], 0, 0
+        self.sessions_ended = collections.Counter()
+        self.refusal = None
+
+    def admission_refusal(self):
+        return self.refusal
 
     def tick(self, ms):
         self.times.append(ms)
@@ -134,9 +142,14 @@ def test_metrics_pump_copies_new_ticks_once():
     assert pump.pump_once() == 3
     assert metrics.tick_ms.values == [10.0, 95.0, 20.0]
     assert metrics.deadline_misses.total == 1 and metrics.sessions_active.values[-1] == 2
+    assert metrics.admitting.values[-1] == 1 and metrics.sessions_ended.total == 0
     runtime.tick(30.0)
+    runtime.sessions_ended["fell_behind"] += 2
+    runtime.refusal = "full"
     assert pump.pump_once() == 1 and metrics.tick_ms.values[-1] == 30.0
+    assert metrics.sessions_ended.total == 2 and metrics.admitting.values[-1] == 0
     assert pump.pump_once() == 0 and metrics.deadline_misses.total == 1
+    assert metrics.sessions_ended.total == 2  # counted once
 
 
 def test_runtime_tick_times_since_uses_the_real_window():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -30,8 +31,24 @@ class BadSessionRequest(EngineError):
     """The session request is invalid (unknown voice, bad prompt, bad sampling values)."""
 
 
+class EndCause(str, Enum):
+    """Why a session ended. Every cause but ``CLIENT`` is the server's doing and is reported to the client
+    (``bizra_voice/serve/endings.py`` maps each to a close code and an error code)."""
+
+    CLIENT = "client_closed"
+    FELL_BEHIND = "fell_behind"  # the engine stayed behind the session's audio past the allowed time
+    OUTPUT_NOT_READ = "output_not_read"  # the consumer of the session's output stopped reading
+    SHUTDOWN = "server_shutdown"  # the engine (replica) is shutting down
+    ENGINE_ERROR = "engine_error"  # a model step or a prefill raised
+    REANCHOR_FAILED = "reanchor_failed"  # a long session could not re-anchor its persona
+
+
 class SessionClosed(EngineError):
-    """The session has ended (closed by the client, the server, or a fault)."""
+    """The session has ended (closed by the client, the server, or a fault); ``cause`` says which."""
+
+    def __init__(self, message: str = "The session is closed.", cause: EndCause = EndCause.CLIENT) -> None:
+        super().__init__(message)
+        self.cause = EndCause(cause)
 
 
 @dataclass(frozen=True)

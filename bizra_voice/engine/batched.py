@@ -9,6 +9,7 @@ costs the running rows a batched forward nor touches their caches.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from bizra_voice.voices import VoicePrompt
 
 UNGENERATED = -2
 MAX_GUIDE_TOKENS = 512  # longest answer (in PersonaPlex text tokens) one guidance can hold
+DEFAULT_PREFILL_CHUNK = 64  # prompt positions per prefill step (the runtime fits steps between ticks)
 _SILENT_TEXT_IDS = (0, 3)  # PersonaPlex: <unk>/EPAD and PAD are never sent to clients
 
 
@@ -87,6 +89,15 @@ class TickResult:
     pcm: np.ndarray  # float32 [B, FRAME_SIZE]
     guided: np.ndarray | None = None  # bool [B]: the text token came from guidance
     model_text: np.ndarray | None = None  # int64 [B]: what the model itself chose before guidance
+
+
+def _extend(timeline: Any, frames: np.ndarray) -> Any:
+    """``timeline`` followed by conversation frames [T, 17] (text, agent 8, user 8)."""
+    if not len(frames):
+        return timeline
+    return type(timeline)(text=np.concatenate([timeline.text, frames[:, 0]]),
+                          agent=np.concatenate([timeline.agent, frames[:, 1:9]]),
+                          user=np.concatenate([timeline.user, frames[:, 9:17]]), voice_frames=timeline.voice_frames)
 
 
 def _copy_row(dst: Any, src: Any, row: int) -> None:
@@ -153,6 +164,9 @@ class BatchedEngine:
         self._history = torch.zeros((slots, 1, 17), dtype=torch.long, device=self.device)
         self._history_count = torch.zeros(slots, dtype=torch.long, device=self.device)
         self._prompts: dict[int, PreparedPrompt] = {}
+        self._reanchoring: set[int] = set()  # rows whose re-anchor prefill is under way
+        self.prefill_chunk = DEFAULT_PREFILL_CHUNK  # positions per prefill step
+        self._started_seed = 0
 
     def close(self) -> None:
         """Leave streaming mode so the models can serve another engine (tests, conformance runs)."""
@@ -201,6 +215,8 @@ class BatchedEngine:
         self.force_audio[slot] = -1
         self.cancel_guidance(slot)
         self._sampled_guided[slot] = False
+        if codec:  # a new session on this row: no re-anchor of the old one may go on
+            self._reanchoring.discard(slot)
 
     def set_guidance(self, slot: int, tokens: list[int]) -> int:
         """Queue answer tokens for ``slot`` (replacing any earlier guidance); returns how many were taken."""
@@ -252,47 +268,29 @@ class BatchedEngine:
     @torch.no_grad()
     def start_slot(self, slot: int, prompt: PreparedPrompt, params: SamplingParams) -> int:
         """Reset ``slot`` and teacher-force its voice + text prompt; returns the sampling seed in use."""
+        steps = self.start_slot_steps(slot, prompt, params)
+        for _ in steps:
+            pass
+        return self._started_seed
+
+    def start_slot_steps(self, slot: int, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[None]:
+        """``start_slot`` as resumable steps: each ``next()`` prefills one chunk of at most ``prefill_chunk``
+        positions in the private batch-of-one state (the running rows are not touched), so the runtime can
+        spread a prompt over the gaps between ticks. The last step puts the slot in the batch.
+        ``self._started_seed`` holds the seed once it is exhausted. One prefill at a time (scratch state)."""
         self.reset_slot(slot)
-        seed = self.set_sampling(slot, params)
+        self._started_seed = self.set_sampling(slot, params)
         self._prompts[slot] = prompt
         if prompt.voice is None:
-            return seed
-        self._force_timeline(slot, build_timeline(prompt.voice.codes, prompt.tokens), prompt.voice)
-        return seed
-
-    def _force_timeline(self, slot: int, timeline: Any, voice: VoicePrompt, pending: np.ndarray | None = None) -> None:
-        """Teacher-force ``timeline`` into the freshly reset ``slot``.
-
-        Without ``pending`` this is a session start: the last timeline position is stepped with its text and
-        semantic code free. With ``pending`` ([text, semantic] already sampled for the next position), the
-        timeline ends a live conversation (re-anchoring) and the next tick simply carries on.
-        """
+            return
+        timeline = build_timeline(prompt.voice.codes, prompt.tokens)
+        cols, start = self._timeline_columns(timeline, prompt.voice)
+        # The last position is stepped below with its text and semantic code free.
+        yield from self._prefill_steps(self._prefix_parts(prompt.voice, start) + [self._embed(cols[:, :-1])])
+        self._commit_prefill(slot)
         total = timeline.length
-        start = 0 if voice.embeddings is None else voice.frames - 1
-        cols = delayed_columns(timeline.text[start:], timeline.agent[start:], timeline.user[start:], start,
-                               None, None, self._init_text, self._init_audio)
-        if voice.tail_column is not None:
-            cols[:, 0] = voice.tail_column
-        parts = []
-        if voice.embeddings is not None and start > 0:
-            parts.append(voice.embeddings.to(device=self.device, dtype=self.bundle.dtype))
-        # A session start steps its last position below; a re-anchor has already sampled past it.
-        prefilled = cols if pending is not None else cols[:, :-1]
-        if prefilled.shape[1]:
-            parts.append(self._embed_columns(prefilled).to(self.bundle.dtype))
-        if parts:
-            self._prefill(slot, torch.cat(parts, dim=0))
-        # The LMGen ring of delayed tokens: the step at offset o reads column o % CT.
         state = self.lm_gen._streaming_state
         ct = state.cache.shape[2]
-        if pending is not None:
-            # The text and semantic code sampled for the next position, with the acoustic codes of the last
-            # timeline frame (delay 1), form the column the next tick reads.
-            column = np.concatenate([pending[:2], timeline.agent[-1, 1:], timeline.user[-1, :1], timeline.user[-1, 1:]])
-            state.offsets[slot] = total
-            state.cache[slot, :, total % ct] = torch.from_numpy(column.astype(np.int64)).to(self.device)
-            self.positions[slot] = total
-            return
         state.offsets[slot] = total - 1
         state.cache[slot, :, (total - 1) % ct] = torch.from_numpy(cols[:, -1]).to(self.device)
         self.positions[slot] = total - 1
@@ -303,17 +301,52 @@ class BatchedEngine:
         self._lm_step(user, mask, np.arange(self.slots) == slot, conversation=False)
         self.force_audio[slot] = -1
 
-    def _prefill(self, slot: int, x: torch.Tensor) -> None:
-        """Run the transformer over prompt embeddings [T, dim] in the batch-of-one state, copy into ``slot``."""
+    def _timeline_columns(self, timeline: Any, voice: VoicePrompt) -> tuple[np.ndarray, int]:
+        """Delayed-layout input columns of the timeline from the first position not covered by the voice's
+        saved embeddings (.pt voices carry positions 0..N-2 ready-made), and that first position."""
+        start = 0 if voice.embeddings is None else voice.frames - 1
+        cols = delayed_columns(timeline.text[start:], timeline.agent[start:], timeline.user[start:], start,
+                               None, None, self._init_text, self._init_audio)
+        if voice.tail_column is not None:
+            cols[:, 0] = voice.tail_column
+        return cols, start
+
+    def _prefix_parts(self, voice: VoicePrompt, start: int) -> list[torch.Tensor]:
+        if voice.embeddings is not None and start > 0:
+            return [voice.embeddings.to(device=self.device, dtype=self.bundle.dtype)]
+        return []
+
+    def _embed(self, columns: np.ndarray) -> torch.Tensor:
+        if not columns.shape[1]:
+            return torch.zeros((0, self.lm.dim), dtype=self.bundle.dtype, device=self.device)
+        return self._embed_columns(columns).to(self.bundle.dtype)
+
+    def _prefill_steps(self, parts: list[torch.Tensor], reset: bool = True) -> Iterator[None]:
+        """Run the transformer over prompt embeddings in the private batch-of-one state, ``prefill_chunk``
+        positions per step (yielding between chunks). ``reset``: start from an empty state."""
+        x = torch.cat([p for p in parts if p.shape[0]], dim=0) if any(p.shape[0] for p in parts) else None
+        if reset:
+            self._in_scratch(self.lm.reset_streaming)
+        if x is None:
+            return
+        for begin in range(0, x.shape[0], self.prefill_chunk):
+            chunk = x[begin:begin + self.prefill_chunk]
+            self._in_scratch(lambda c=chunk: self.lm.transformer(c[None]))
+            if begin + self.prefill_chunk < x.shape[0]:
+                yield
+
+    def _in_scratch(self, fn: Any) -> None:
         lm = self.lm
         lm.set_streaming_state(self._scratch_state)
         try:
-            lm.reset_streaming()
-            lm.transformer(x[None])
-            for name, batched in self._lm_state.items():
-                _copy_row(batched, self._scratch_state[name], slot)
+            fn()
         finally:
             lm.set_streaming_state(self._lm_state)
+
+    def _commit_prefill(self, slot: int) -> None:
+        """Copy the prefilled batch-of-one state into row ``slot`` of the batched state."""
+        for name, batched in self._lm_state.items():
+            _copy_row(batched, self._scratch_state[name], slot)
 
     # ---- the tick ------------------------------------------------------------------------------------
     def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor, host_mask: np.ndarray,
@@ -352,44 +385,90 @@ class BatchedEngine:
         self._history_count += valid.long()
 
     def needs_reanchor(self, slot: int) -> bool:
+        """The row has reached the re-anchor margin and no re-anchor of it is under way."""
         return self.history_size > 0 and slot in self._prompts and self._prompts[slot].voice is not None and \
-            self.positions[slot] >= self.bundle.context - self.reanchor_margin
+            slot not in self._reanchoring and self.positions[slot] >= self.bundle.context - self.reanchor_margin
 
     @torch.no_grad()
     def reanchor(self, slot: int) -> int:
+        """Restart ``slot``'s context as persona prompt + its most recent frames (all at once); see
+        ``reanchor_steps``. Returns the row's new position."""
+        for _ in self.reanchor_steps(slot):
+            pass
+        return int(self.positions[slot])
+
+    def reanchor_steps(self, slot: int) -> Iterator[None]:
         """Restart ``slot``'s context as persona prompt + its most recent frames, keeping the conversation going.
 
         Past the model's context window (3000 frames, 4 minutes) the persona prompt would slide out and the
-        persona fade. Instead the row is reset and re-prefilled with its voice and text prompt followed by
-        the last ``history_size`` frames it heard and said, teacher-forced, so it keeps both its identity
-        and the recent conversation. Returns the row's new position.
+        persona fade. Instead the row is re-prefilled with its voice and text prompt followed by the last
+        ``history_size`` frames it heard and said, teacher-forced, so it keeps both its identity and the
+        recent conversation. As resumable steps: the prompt and the history are prefilled chunk by chunk in
+        the private state while the row keeps running on its old context (ticks may run between steps);
+        the last step appends the frames the row produced meanwhile and swaps the new context in.
         """
+        self._reanchoring.add(slot)  # at once: the row must not ask for a second one meanwhile
+        return self._reanchor_steps(slot)
+
+    def _reanchor_steps(self, slot: int) -> Iterator[None]:
         prompt = self._prompts[slot]
         assert prompt.voice is not None
-        count = int(self._history_count[slot])
+        count0 = int(self._history_count[slot])
         room = self.bundle.context - self.reanchor_margin - prompt.length - 1
-        kept = max(0, min(count, self.history_size, room))
-        rows = [(count - kept + i) % max(1, self.history_size) for i in range(kept)]
-        history = self._history[slot, rows].cpu().numpy() if kept else np.zeros((0, 17), dtype=np.int64)
+        kept = max(0, min(count0, self.history_size, room))
+        base = build_timeline(prompt.voice.codes, prompt.tokens)
+        first = self._history_rows(slot, count0 - kept, kept)
+        timeline = _extend(base, first)
+        cols, start = self._timeline_columns(timeline, prompt.voice)
+        try:
+            yield from self._prefill_steps(self._prefix_parts(prompt.voice, start) + [self._embed(cols)])
+            yield
+            # The frames this row heard and said while the chunks ran complete the new context.
+            new = min(int(self._history_count[slot]) - count0, self.history_size)
+            recent = self._history_rows(slot, int(self._history_count[slot]) - new, new)
+            full = _extend(timeline, recent)
+            if full.length >= self.bundle.context:
+                raise RuntimeError(f"re-anchored context of {full.length} frames exceeds {self.bundle.context}")
+            if len(recent):
+                at = timeline.length
+                tail = delayed_columns(full.text[at:], full.agent[at:], full.user[at:], at, full.agent[at - 1, 1:],
+                                       full.user[at - 1, 1:], self._init_text, self._init_audio)
+                for _ in self._prefill_steps([self._embed(tail)], reset=False):
+                    pass
+            self._swap_in_reanchored(slot, full, np.concatenate([first, recent]))
+        finally:
+            self._reanchoring.discard(slot)
+
+    def _history_rows(self, slot: int, first: int, count: int) -> np.ndarray:
+        """Frames ``first .. first+count-1`` (by count) of the row's history ring, [count, 17]."""
+        if count <= 0 or not self.history_size:
+            return np.zeros((0, 17), dtype=np.int64)
+        rows = [(first + i) % self.history_size for i in range(count)]
+        return self._history[slot, rows].cpu().numpy()
+
+    def _swap_in_reanchored(self, slot: int, timeline: Any, history: np.ndarray) -> None:
+        """Replace row ``slot``'s context by the prefilled one; the next tick carries on from the token the
+        row already sampled for its next position."""
         state = self.lm_gen._streaming_state
         ct = state.cache.shape[2]
         pending = state.cache[slot, 0:2, int(state.offsets[slot]) % ct].cpu().numpy()
-        base = build_timeline(prompt.voice.codes, prompt.tokens)
-        timeline = type(base)(text=np.concatenate([base.text, history[:, 0]]),
-                              agent=np.concatenate([base.agent, history[:, 1:9]]),
-                              user=np.concatenate([base.user, history[:, 9:17]]),
-                              voice_frames=base.voice_frames)
         guide = (self.guide_tokens[slot].clone(), self.guide_length[slot].clone(), self.guide_index[slot].clone())
         sampled = (self._sampled_guided[slot].clone(), self._sampled_model_text[slot].clone())
         self.reset_slot(slot, codec=False)
         self.guide_tokens[slot], self.guide_length[slot], self.guide_index[slot] = guide
         self._sampled_guided[slot], self._sampled_model_text[slot] = sampled
         self._history_count[slot] = 0
-        for frame in history:  # the replayed frames stay available for the next re-anchor
+        for frame in history[-self.history_size:] if self.history_size else []:  # kept for the next re-anchor
             self._history[slot, int(self._history_count[slot]) % self.history_size] = torch.from_numpy(frame)
             self._history_count[slot] += 1
-        self._force_timeline(slot, timeline, prompt.voice, pending=pending)
-        return int(self.positions[slot])
+        self._commit_prefill(slot)
+        total = timeline.length
+        # The text and semantic code sampled for the next position, with the acoustic codes of the last
+        # timeline frame (delay 1), form the column the next tick reads.
+        column = np.concatenate([pending[:2], timeline.agent[-1, 1:], timeline.user[-1, :1], timeline.user[-1, 1:]])
+        state.offsets[slot] = total
+        state.cache[slot, :, total % ct] = torch.from_numpy(column.astype(np.int64)).to(self.device)
+        self.positions[slot] = total
 
     def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
         """Host input -> device; on CUDA through a pinned staging buffer so the copy is asynchronous."""

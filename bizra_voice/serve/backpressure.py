@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bizra_voice.constants import FRAME_MS
+from bizra_voice.serve.endings import ClientTooSlow
 
 DEFAULT_MAX_FRAMES = 25  # 2 s of output may wait for a slow client
 DEFAULT_CLOSE_AFTER_DROPPED = 125  # 10 s of audio dropped -> close 4408
@@ -36,10 +37,6 @@ class Outgoing:
     pcm: np.ndarray
     texts: list[str] = field(default_factory=list)
     text_token: int = 0
-
-
-class ClientTooSlow(Exception):
-    """The client stopped reading; ``str(exc)`` is the close reason (it says what was lost)."""
 
 
 class OutboundBuffer:

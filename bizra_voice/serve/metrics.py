@@ -49,6 +49,14 @@ class VoiceMetrics:
                                           tag_keys=("endpoint",))
         self.recordings = m.Counter("bizra_recordings_started", description="Sessions recorded (consent given "
                                     "and recording enabled).")
+        self.input_frames_dropped = m.Counter("bizra_input_frames_dropped", description="User input frames "
+                                              "dropped so a session that fell behind could catch up.",
+                                              tag_keys=("endpoint",))
+        self.sessions_ended = m.Counter("bizra_sessions_ended_by_server", description="Sessions the engine "
+                                        "ended, by cause (fell_behind, output_not_read, engine_error, ...).",
+                                        tag_keys=("cause",))
+        self.admitting = m.Gauge("bizra_admitting", description="1 while the replica admits new sessions (free "
+                                 "slots and its recent p99 tick within budget), else 0.")
 
     def rejected(self, endpoint: str, reason: str) -> None:
         self.sessions_rejected.inc(1, tags={"endpoint": endpoint, "reason": reason})
@@ -70,6 +78,7 @@ class MetricsPump:
         self.interval_s = interval_s
         self._ticks_seen = 0
         self._misses_seen = 0
+        self._ends_seen: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bizra-metrics", daemon=True)
 
@@ -92,6 +101,12 @@ class MetricsPump:
             self.metrics.deadline_misses.inc(misses - self._misses_seen)
             self._misses_seen = misses
         self.metrics.sessions_active.set(self.runtime.active_sessions)
+        self.metrics.admitting.set(1 if self.runtime.admission_refusal() is None else 0)
+        for cause, count in dict(self.runtime.sessions_ended).items():
+            seen = self._ends_seen.get(cause, 0)
+            if count > seen:
+                self.metrics.sessions_ended.inc(count - seen, tags={"cause": cause})
+                self._ends_seen[cause] = count
         return len(values)
 
     def _run(self) -> None:

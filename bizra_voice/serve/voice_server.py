@@ -20,12 +20,14 @@ from ray import serve
 from starlette.staticfiles import StaticFiles
 
 import bizra_voice
+from bizra_voice import constants as C
 from bizra_voice import protocol as P
 from bizra_voice.config import CPU_DEV_WARNING, AppConfig
 from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SamplingParams, SessionSpec
 from bizra_voice.security import AccessPolicy, token_subprotocol
 from bizra_voice.serve.backpressure import OutboundBuffer
 from bizra_voice.serve.drain import watch_for_drain
+from bizra_voice.serve.endings import ending_for, log_ending
 from bizra_voice.serve.ws_session import ChatSession, ClientProtocolError, Outbox, SessionRecord
 from bizra_voice.serve.ws_session import check_first_message as check_early_message
 from bizra_voice.session_params import BadParams, SessionParams
@@ -142,6 +144,9 @@ class VoiceServer:
         if self.config.tiny_engine:
             checkpoint = ensure_tiny_checkpoint(self.config.tiny_engine_dir)
             engine_config = engine_config.model_copy(update={"checkpoint": str(checkpoint)})
+        share = self.config.voice_server.num_gpus
+        if engine_config.memory_fraction is None and 0 < share < 1:  # size to this replica's GPU share
+            engine_config = engine_config.model_copy(update={"memory_fraction": share})
         if self.config.cpu_dev:
             log.warning(CPU_DEV_WARNING)
         self.runtime = EngineRuntime.create(engine_config)
@@ -196,7 +201,9 @@ class VoiceServer:
             "cpu_dev_profile": self.config.cpu_dev,
             "replica": self.replica,
             "gpu_ids": self.gpu_ids,
-            "slots": {"total": self.runtime.capacity, "free": self.runtime.capacity - self.runtime.active_sessions},
+            "slots": {"total": self.runtime.capacity, "free": self.runtime.capacity - self.runtime.active_sessions,
+                      "admitting": self.runtime.admission_refusal() is None,
+                      **(self.runtime.sizing.to_dict() if self.runtime.sizing is not None else {})},
             "active_sessions": self.runtime.active_sessions,
             "process": {"pid": os.getpid(), "rss_mb": _rss_mb()},
             "engine": stats,
@@ -260,21 +267,23 @@ class VoiceServer:
             self.metrics.rejected("chat", "bad_request")
             await out.fail(str(exc), P.CloseCode.BAD_REQUEST)
             return
+        out.events = params.events
         accepted_at = time.monotonic()
         early = asyncio.create_task(ws.receive())  # a message that beats the handshake (see below)
-        if self.runtime.active_sessions >= self.runtime.capacity:
+        refusal = self.runtime.admission_refusal()
+        if refusal is not None:
             early.cancel()
             self.metrics.rejected("chat", "capacity")
-            await out.fail(self._capacity_message(), P.CloseCode.AT_CAPACITY)
+            await out.fail(self._capacity_message(refusal), P.CloseCode.AT_CAPACITY)
             return
         decision_task = asyncio.create_task(self._decide(params.mode))
         try:
             live = await self.runtime.open_session(self._spec(params))
-        except AtCapacity:
+        except AtCapacity as exc:
             decision_task.cancel()
             early.cancel()
             self.metrics.rejected("chat", "capacity")
-            await out.fail(self._capacity_message(), P.CloseCode.AT_CAPACITY)
+            await out.fail(self._capacity_message(str(exc)), P.CloseCode.AT_CAPACITY)
             return
         except (BadSessionRequest, EngineError) as exc:
             decision_task.cancel()
@@ -297,6 +306,7 @@ class VoiceServer:
                               stats_source=self.runtime.stats, record=record, first_receive=early,
                               outbound=OutboundBuffer(rel.outbound_max_frames, rel.outbound_close_after_dropped))
         self._open[live.session_id] = out
+        live.on_input_dropped = self._input_dropped_reporter("chat", out)
         from bizra_voice.serve.hybrid_wiring import attach_hybrid
 
         hybrid = attach_hybrid(self, session, live, params)
@@ -320,16 +330,11 @@ class VoiceServer:
             self.metrics.started("chat", (time.monotonic() - accepted_at) * 1000)
             await out.event({"type": "recording", "on": recorder is not None})
             await session.run()
-            reason = live.close_reason
-            if reason and not out.closed:
-                code = P.CloseCode.GOING_AWAY if "shutting down" in reason else P.CloseCode.INTERNAL
-                if "not read" in reason:
-                    code = P.CloseCode.TOO_SLOW
-                await out.fail(f"The server ended the session: {reason}.", code)
         except Exception as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("session %s setup failed", live.session_id)
-            await out.fail("internal server error; the session was closed", P.CloseCode.INTERNAL)
+            ending = ending_for(exc)
+            if ending is not None and not out.closed:
+                log_ending(live.session_id, ending, exc)
+                await out.fail(ending.message, ending.close_code)
         finally:
             self._open.pop(live.session_id, None)
             if not early.done():
@@ -426,9 +431,32 @@ class VoiceServer:
             sampling=SamplingParams(**params.sampling_kwargs()),
         )
 
-    def _capacity_message(self) -> str:
-        return (f"The server is at capacity ({self.runtime.capacity} of {self.runtime.capacity} sessions on this "
-                "replica); try again in a moment.")
+    def _capacity_message(self, refusal: str | None = None) -> str:
+        """Why a session is refused for capacity: the engine's own reason (slots full, or it cannot take one
+        more in real time right now), with the replica's measured capacity."""
+        reason = refusal or self.runtime.admission_refusal() or "All session slots are in use; try again shortly."
+        return f"The server is at capacity: {reason} (this replica holds {self.runtime.capacity} sessions.)"
+
+    def _input_dropped_reporter(self, endpoint: str, out: Any):
+        """``LiveSession.on_input_dropped``: the catch-up drop as a metric and a ``session.input_dropped`` event."""
+
+        def report(dropped: int, total: int) -> None:
+            self.metrics.input_frames_dropped.inc(dropped, tags={"endpoint": endpoint})
+            event = {"type": "session.input_dropped", "frames": dropped, "total_frames": total,
+                     "ms": dropped * C.FRAME_MS, "reason": "the engine fell behind; the oldest input was "
+                     "dropped to catch up"}
+            task = asyncio.ensure_future(out.event(event))
+            task.add_done_callback(lambda t: t.exception())  # a gone client is not an error here
+
+        return report
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve custom autoscaling metrics: sessions held and the target for this replica's MEASURED
+        capacity (serve/autoscaling.py turns them into the autoscaler's load)."""
+        from bizra_voice.serve.autoscaling import SESSIONS, TARGET_SESSIONS
+
+        target = self.config.voice_server.target_session_fraction * self.runtime.capacity
+        return {SESSIONS: float(self.runtime.active_sessions), TARGET_SESSIONS: max(1.0, target)}
 
     async def _decide(self, requested: str) -> dict[str, Any]:
         if self.router is None:

@@ -2,7 +2,8 @@
 
 Receiver: 0x01 Ogg/Opus -> PCM -> ``session.push_pcm``; 0x04 JSON -> client event handlers.
 Sender: ``session.next_output()`` -> 0x01 Ogg/Opus + 0x02 text. A stats task sends ``session.stats``.
-Errors reach the client as 0x05 plus a close code (1008 bad request, 1013 at capacity, 1011 internal).
+Every end the server causes reaches the client as 0x05 plus a close code chosen in one place
+(``serve/endings.py``: 1008 bad request, 1013 overloaded or at capacity, 4408 too slow, 1011 internal).
 Framework-light on purpose: it needs only ``receive()``/``send_bytes()``/``close()`` of a Starlette
 WebSocket, so the same loop can be driven by other transports later.
 """
@@ -21,24 +22,15 @@ import numpy as np
 
 from bizra_voice import protocol as P
 from bizra_voice.audio import InvalidAudio, OggOpusDecoder, OggOpusEncoder
-from bizra_voice.engine.api import BadSessionRequest, SessionClosed
-from bizra_voice.serve.backpressure import ClientTooSlow, OutboundBuffer, Outgoing
+from bizra_voice.engine.api import BadSessionRequest, EndCause, SessionClosed
+from bizra_voice.serve.backpressure import OutboundBuffer, Outgoing
+from bizra_voice.serve.endings import ClientGone, ClientProtocolError, Ending, ending_for, log_ending
+
+__all__ = ["ChatSession", "ClientGone", "ClientProtocolError", "Outbox", "SessionRecord", "check_first_message"]
 
 log = logging.getLogger("ray.serve")
 
 ClientEventHandler = Callable[["ChatSession", dict[str, Any]], Awaitable[None]]
-
-
-class ClientGone(Exception):
-    """The client disconnected."""
-
-
-class ClientProtocolError(Exception):
-    """The client broke the protocol; the text goes back as 0x05 with ``close_code`` (default 1008)."""
-
-    def __init__(self, message: str, close_code: int = P.CloseCode.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.close_code = int(close_code)
 
 
 def check_first_message(message: dict[str, Any]) -> None:
@@ -66,12 +58,18 @@ class SessionRecord:
 
 
 class Outbox:
-    """Serialises sends from the sender, receiver and stats tasks onto one WebSocket."""
+    """Serialises sends from the sender, receiver and stats tasks onto one WebSocket.
 
-    def __init__(self, ws) -> None:
+    ``events``: whether this client asked for our JSON events (``events=1``). Without it the client gets
+    only what the reference servers send (handshake, audio, text, 0x05 errors): moshi/PersonaPlex clients
+    read any 0x04 as the Rust server's info object and log an error (or a warning) for each of ours.
+    """
+
+    def __init__(self, ws, events: bool = True) -> None:
         self._ws = ws
         self._lock = asyncio.Lock()
         self.closed = False
+        self.events = events
 
     async def send(self, data: bytes) -> None:
         if self.closed:
@@ -84,7 +82,8 @@ class Outbox:
                 raise ClientGone() from exc
 
     async def event(self, event: dict[str, Any]) -> None:
-        await self.send(P.metadata(event))
+        if self.events:
+            await self.send(P.metadata(event))
 
     async def fail(self, message: str, code: int) -> None:
         """Send 0x05 + close with ``code``; never raises (the client may already be gone)."""
@@ -135,6 +134,7 @@ class ChatSession:
         # Synchronous observers (hybrid mode): decoded user PCM, and every frame the engine produced.
         self.input_listeners: list[Callable[[np.ndarray], None]] = []
         self.output_listeners: list[Callable[[Any], None]] = []
+        self._flush_then_raise: SessionClosed | None = None  # the engine's end, raised once output is flushed
 
     def on(self, event_type: str, handler: ClientEventHandler) -> None:
         """Register a handler for a client JSON event type (e.g. hybrid mode's ``user.text``)."""
@@ -173,8 +173,10 @@ class ChatSession:
                         self.live.push_pcm(pcm)
                     except BadSessionRequest as exc:
                         raise ClientProtocolError(str(exc)) from None
-                    except SessionClosed:
-                        return  # the engine ended the session; VoiceServer reports its close_reason
+                    except SessionClosed as exc:
+                        if exc.cause is EndCause.CLIENT:
+                            return
+                        raise  # the engine ended the session: run() tells the client why
                     for listener in self.input_listeners:
                         listener(pcm)
             elif msg.kind == P.Kind.METADATA:
@@ -197,7 +199,9 @@ class ChatSession:
             while not writer.done():
                 try:
                     out = await self.live.next_output()
-                except SessionClosed:
+                except SessionClosed as exc:
+                    if exc.cause is not EndCause.CLIENT:
+                        self._flush_then_raise = exc
                     break
                 if self.record is not None:
                     self.record.text_tokens.append(int(out.text_token))
@@ -215,6 +219,8 @@ class ChatSession:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+        if self._flush_then_raise is not None:
+            raise self._flush_then_raise
 
     async def _write_loop(self) -> None:
         while True:
@@ -237,18 +243,24 @@ class ChatSession:
             "text_pieces": self.text_pieces,
             "outbound": self.outbound.stats(),
             "reanchors": getattr(self.live, "reanchors", 0),
+            "input_frames_dropped": getattr(self.live, "input_frames_dropped", 0),
         }
         if self.stats_source is not None:
             event["engine"] = self.stats_source()
         return event
 
     async def stats_loop(self) -> None:
+        if not self.out.events:
+            return await asyncio.Event().wait()  # nothing to send; ends with the session
         while True:
             await asyncio.sleep(self.stats_interval_s)
             await self.out.event(self.stats())
 
-    async def run(self) -> None:
-        """Run until the client leaves, breaks the protocol, or the engine ends the session."""
+    async def run(self) -> Ending | None:
+        """Run until the client leaves, breaks the protocol, or the server ends the session.
+
+        Returns the ending the client was told (None for a normal end), after telling it.
+        """
         tasks = [asyncio.create_task(c) for c in (self.receive_loop(), self.send_loop(), self.stats_loop())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -258,16 +270,12 @@ class ChatSession:
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             exc = task.exception()
-            if exc is None or isinstance(exc, ClientGone):
+            ending = ending_for(exc)
+            if ending is None:
                 continue
-            if isinstance(exc, ClientProtocolError):
-                await self.out.fail(str(exc), exc.close_code)
-                return
-            if isinstance(exc, ClientTooSlow):
-                await self.out.fail(f"The server ended the session: {exc}.", P.CloseCode.TOO_SLOW)
-                return
-            log.error("session %s failed", self.live.session_id, exc_info=exc)
-            await self.out.fail("internal server error; the session was closed", P.CloseCode.INTERNAL)
-            return
+            log_ending(self.live.session_id, ending, exc)
+            await self.out.fail(ending.message, ending.close_code)
+            return ending
         await self.out.close(P.CloseCode.NORMAL)
+        return None
 

@@ -50,6 +50,7 @@ function sessionParams() {
     seed: value('seed'),
     token: pageParams.get('token') || undefined,
     record: ui.record.checked ? 1 : 0,
+    events: 1,  // our JSON events (0x04); moshi/PersonaPlex clients don't ask for them and get none
   };
 }
 
