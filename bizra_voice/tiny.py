@@ -4,6 +4,12 @@ It lets anyone run the whole server (CPU dev profile), the tests and the benchma
 gated weights. The weights are random, so the audio it produces is noise; the files, their names, key
 layout (dep_q=16, stacked depformer attention, bf16 LM) and loading path are the real ones. Deterministic
 for a given seed.
+
+``voices/`` offers all 18 preset names PersonaPlex's clients know (NATF0-3, NATM0-3, VARF0-4, VARM0-4), so
+any client's default voice works in development (LiveKit's plugin defaults to NATF2, NVIDIA's web client
+offers all 18). Each is a tiny synthetic voice; NATF0 is a WAV, the rest PersonaPlex's ``.pt`` format, so both
+voice paths stay exercised. ``.complete`` records :data:`TINY_LAYOUT`; a cache made by an older layout is
+regenerated rather than silently reused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ from typing import Any
 import numpy as np
 
 from bizra_voice import constants as C
+
+TINY_LAYOUT = 2  # 1: NATM1.pt + NATF0.wav only; 2: all 18 presets
+_MARKER = ".complete"
+WAV_VOICES = frozenset({"NATF0"})
+# Pitch (Hz) of each tiny voice: female 175-250, male 95-140. NATM1 and NATF0 keep layout 1's signals.
+_PITCH: dict[str, float] = {
+    "NATF0": 210.0, "NATF1": 190.0, "NATF2": 230.0, "NATF3": 175.0,
+    "NATM0": 125.0, "NATM1": 110.0, "NATM2": 98.0, "NATM3": 140.0,
+    "VARF0": 200.0, "VARF1": 220.0, "VARF2": 185.0, "VARF3": 245.0, "VARF4": 180.0,
+    "VARM0": 105.0, "VARM1": 130.0, "VARM2": 95.0, "VARM3": 118.0, "VARM4": 135.0,
+}
 
 TINY_LM_KWARGS: dict[str, Any] = {
     "dim": 32, "text_card": 384, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 16, "card": 2048,
@@ -134,6 +151,7 @@ def make_tiny(folder: Path | str, seed: int = 1234) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / _MARKER).unlink(missing_ok=True)  # unfinished until the end writes it again
     torch.manual_seed(seed)
     kwargs = {k: v for k, v in TINY_LM_KWARGS.items() if k not in ("depformer_causal", "depformer_context")}
     lm = LMModel(device="cpu", dtype=torch.float32, **kwargs)
@@ -166,20 +184,56 @@ def make_tiny(folder: Path | str, seed: int = 1234) -> Path:
         "note": "tiny random weights made by `bizra-voice make-tiny`: its audio is noise",
     }, indent=1))
 
-    voices = folder / "voices"
-    voices.mkdir(exist_ok=True)
     bundle = load_bundle(resolve_local(folder), torch.device("cpu"), torch.float32)
-    male = _synth_voice(2.4, 110.0, seed)
-    female = _synth_voice(2.4, 210.0, seed + 1)
-    _write_pt_voice(voices / f"{C.DEFAULT_VOICE}.pt", bundle, male)
-    _write_wav(voices / "NATF0.wav", female)
-    (folder / ".complete").write_text("ok\n")
+    _write_voices(folder / "voices", bundle, seed)
+    (folder / _MARKER).write_text(json.dumps({"layout": TINY_LAYOUT, "seed": seed}) + "\n")
     return folder
 
 
+def voice_signal(name: str, seed: int) -> np.ndarray:
+    """The synthetic source signal of one tiny preset voice (deterministic per name and seed)."""
+    offset = {"NATM1": 0, "NATF0": 1}.get(name, 2 + C.PRESET_VOICES.index(name))
+    return _synth_voice(2.4, _PITCH[name], seed + offset)
+
+
+def _write_voices(voices: Path, bundle: Any, seed: int) -> None:
+    voices.mkdir(exist_ok=True)
+    for name in C.PRESET_VOICES:  # an older layout's file of the other format would make a name ambiguous
+        for suffix in (".pt", ".wav"):
+            (voices / f"{name}{suffix}").unlink(missing_ok=True)
+    for name in C.PRESET_VOICES:
+        pcm = voice_signal(name, seed)
+        if name in WAV_VOICES:
+            _write_wav(voices / f"{name}.wav", pcm)
+        else:
+            _write_pt_voice(voices / f"{name}.pt", bundle, pcm)
+
+
+def is_complete(folder: Path | str, seed: int) -> bool:
+    """Whether ``folder`` holds a finished tiny checkpoint of this layout and seed."""
+    try:
+        marker = json.loads((Path(folder) / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False  # missing, or layout 1's plain "ok"
+    return isinstance(marker, dict) and marker.get("layout") == TINY_LAYOUT and marker.get("seed") == seed
+
+
 def ensure_tiny(folder: Path | str, seed: int = 1234) -> Path:
-    """Generate once and reuse (the CPU dev profile calls this at start)."""
+    """Generate once and reuse (the CPU dev profile calls this at start); an older layout is regenerated.
+    Not safe against a concurrent call for the same folder: wrap it in
+    ``bizra_voice.serve.model_cache.ensure_under_lock`` where processes may race."""
     folder = Path(folder)
-    if (folder / ".complete").exists():
+    if is_complete(folder, seed):
         return folder
     return make_tiny(folder, seed)
+
+
+def shared_tiny_checkpoint(seed: int = 1234) -> Path:
+    """The machine-wide tiny checkpoint of this layout (tests, benchmarks, gpu-check's tiny run), made once
+    under a file lock so processes running in parallel never write it at once."""
+    import tempfile
+
+    from bizra_voice.serve.model_cache import ensure_under_lock
+
+    folder = Path(tempfile.gettempdir()) / "bizra-voice-tests" / f"tiny-v{TINY_LAYOUT}-{seed}"
+    return ensure_under_lock(folder, lambda path: ensure_tiny(path, seed))

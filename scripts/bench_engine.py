@@ -17,7 +17,6 @@ import contextlib
 import gc
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,9 @@ def tiny_bundle(device: torch.device) -> Any:
     """The tiny random checkpoint in the real layout (generated once, like the tests do)."""
     from bizra_voice.engine.checkpoint import resolve_local
     from bizra_voice.engine.loading import load_bundle
-    from bizra_voice.tiny import ensure_tiny
+    from bizra_voice.tiny import shared_tiny_checkpoint
 
-    folder = ensure_tiny(Path(tempfile.gettempdir()) / "bizra-voice-tests" / "tiny-1234", 1234)
+    folder = shared_tiny_checkpoint(1234)
     return load_bundle(resolve_local(folder), device, torch.float32 if device.type == "cpu" else torch.bfloat16)
 
 

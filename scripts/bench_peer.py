@@ -41,9 +41,9 @@ def prepare_peer_checkpoint(work: Path) -> dict[str, Path]:
 
     from bizra_voice import constants as C
     from bizra_voice.engine.loading import checkpoint_dep_q, slice_depformer
-    from bizra_voice.tiny import TINY_LM_KWARGS, TINY_MIMI_CONFIG, ensure_tiny
+    from bizra_voice.tiny import TINY_LM_KWARGS, TINY_MIMI_CONFIG, shared_tiny_checkpoint
 
-    tiny = ensure_tiny(Path(tempfile.gettempdir()) / "bizra-voice-tests" / "tiny-1234", 1234)
+    tiny = shared_tiny_checkpoint(1234)
     work.mkdir(parents=True, exist_ok=True)
     state = load_file(str(tiny / C.LM_FILENAME))
     sliced = slice_depformer(state, checkpoint_dep_q(state), 8)

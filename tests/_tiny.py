@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -11,6 +10,7 @@ SPEECH_WAV = SHARED / "audio" / "user_turn_en.wav"
 
 
 def tiny_checkpoint(seed: int = 1234) -> Path:
-    from bizra_voice.tiny import ensure_tiny
+    """The tiny checkpoint of the current layout, made once under a file lock (``shared_tiny_checkpoint``)."""
+    from bizra_voice.tiny import shared_tiny_checkpoint
 
-    return ensure_tiny(Path(tempfile.gettempdir()) / "bizra-voice-tests" / f"tiny-{seed}", seed)
+    return shared_tiny_checkpoint(seed)

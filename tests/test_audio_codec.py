@@ -71,3 +71,29 @@ def test_non_ogg_bytes_are_invalid_audio():
     assert OggOpusDecoder().decode(b"".join(encode_ogg(tone(0.48)))).size == int(0.48 * SAMPLE_RATE)
     with pytest.raises(InvalidAudio, match="not a valid Ogg/Opus stream"):
         OggOpusDecoder().decode(b"definitely not an ogg page, just forty or more bytes of text")
+
+
+def _writer_pages(writer: OggOpusEncoder, pcm: np.ndarray) -> bytes:
+    return b"".join(writer.encode(pcm[i:i + FRAME_SIZE]) for i in range(0, pcm.size, FRAME_SIZE))
+
+
+def test_what_livekits_plugin_sends_after_a_reconnect_decodes():
+    """LiveKit's PersonaPlex plugin (1.8.9) keeps encoding with its previous connection's sphn writer while
+    it sleeps before reconnecting, and queues those pages ahead of the new writer's stream. Either they are
+    mid-stream pages (the writer's headers went out on the dropped connection): dropped, counted, and the
+    new stream decodes as if sent alone; or they are a whole stream of a writer whose headers were queued
+    too: it is decoded, then the new stream as a chained one, with a fresh decoder."""
+    old, new = OggOpusEncoder(), OggOpusEncoder()
+    _writer_pages(old, tone(0.8, 300.0))  # went out on the connection that dropped
+    stale = _writer_pages(old, tone(1.0, 350.0))  # encoded during the 1 s retry sleep
+    fresh = _writer_pages(new, tone(1.6, 500.0))
+    dec = OggOpusDecoder()
+    out = np.concatenate([dec.decode(m) for m in (stale, fresh)])
+    np.testing.assert_array_equal(out, decode_ogg(fresh))
+    assert dec.pages_dropped == stale.count(b"OggS") and dec.streams_chained == 0
+
+    failed_attempt = _writer_pages(OggOpusEncoder(), tone(1.0, 350.0))  # headers and all, queued
+    dec = OggOpusDecoder()
+    out = np.concatenate([dec.decode(m) for m in (failed_attempt, fresh)])
+    np.testing.assert_array_equal(out, np.concatenate([decode_ogg(failed_attempt), decode_ogg(fresh)]))
+    assert dec.pages_dropped == 0 and dec.streams_chained == 1

@@ -99,3 +99,26 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(bundle, sessions):
     runs = [_solo(bundle, (prompt, SamplingParams(seed=s), pcm))[:2] for s in (5, 5, 6)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+def test_idle_warm_up_ticks_at_every_prefix_size_change_nothing(bundle, sessions):
+    """``warm_buckets`` (run on GPUs to capture each bucket's CUDA graphs) must leave live rows untouched."""
+    prompt, sampling, pcm = sessions[0]
+    streams = []
+    for warm in (False, True):
+        engine = BatchedEngine(bundle, 4)
+        engine.start_slot(2, prompt, sampling)  # row 2: stepped in the 4-row bucket
+        out = []
+        for t in range(FRAMES):
+            if warm and t in (0, 5):
+                assert engine.warm_buckets() == [1, 2, 4]
+            active = np.zeros(4, dtype=bool)
+            active[2] = True
+            frame = np.zeros((4, 1920), dtype=np.float32)
+            frame[2] = pcm[t]
+            r = engine.tick(frame, active)
+            out.append((int(r.text[2]), r.agent[2].tolist()))
+            assert not r.produced[[0, 1, 3]].any()
+        engine.close()
+        streams.append(out)
+    assert streams[0] == streams[1] == list(zip(*_solo(bundle, sessions[0])[:2], strict=True))

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-sphn = pytest.importorskip("sphn")
+import sphn
 
 ROOT = Path(__file__).resolve().parents[1]
 REMUX = ROOT / "tests" / "js" / "tools" / "ogg_remux.mjs"

@@ -13,7 +13,11 @@ def catalog():
 
 
 def test_listing_and_names(catalog):
-    assert {v["name"] for v in catalog.listing()} == {"NATM1", "NATF0"}
+    from bizra_voice.constants import PRESET_VOICES
+
+    assert [v["name"] for v in catalog.listing()] == sorted(PRESET_VOICES)  # all 18, as real clients offer
+    assert all(v["kind"] == "preset" for v in catalog.listing())
+    assert catalog.resolve("NATF2").path.suffix == ".pt"  # LiveKit's PersonaPlex plugin's default
     assert catalog.resolve("NATM1").path.suffix == ".pt"
     assert catalog.resolve("NATM1.pt").name == "NATM1"  # as PersonaPlex clients send it
     assert catalog.resolve("NATF0.wav").path.suffix == ".wav"
@@ -27,8 +31,8 @@ def test_path_like_or_unknown_names_are_refused(catalog, bad):
 
 
 def test_unknown_voice_lists_what_exists(catalog):
-    with pytest.raises(BadSessionRequest, match="Unknown voice 'NATF3'; available: NATF0, NATM1"):
-        catalog.resolve("NATF3")
+    with pytest.raises(BadSessionRequest, match="Unknown voice 'NATF9'; available: NATF0, NATF1, .*, VARM4"):
+        catalog.resolve("NATF9")
 
 
 def test_custom_folder_adds_voices_but_never_shadows_presets(tmp_path, catalog):

@@ -19,33 +19,64 @@ class InvalidAudio(ValueError):
 
 
 class OggOpusDecoder:
-    """Ogg pages (bytes, any split) -> float32 mono PCM at 24 kHz."""
+    """Ogg pages (bytes, any split) -> float32 mono PCM at 24 kHz.
+
+    Each logical stream is decoded by a fresh sphn reader: a chained stream (a new BOS page) resets the
+    Opus decoder, so its audio decodes exactly as if it had been sent alone. (sphn itself keeps one decoder
+    for everything; its first ~5 ms of a second stream then differ from a fresh decode.) Pages outside any
+    stream are dropped by the checker; ``pages_dropped`` and ``streams_chained`` say how often, for the
+    serving layer to report.
+    """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
         self._reader = sphn.OpusStreamReader(sample_rate)
+        self._reader_fed = False
         self._pages = OggPageChecker()  # sphn checks neither CRCs nor the codec: pages are checked first
         self.bytes_in = 0
         self.samples_out = 0
 
+    @property
+    def pages_dropped(self) -> int:
+        """Pages that arrived outside any logical stream (e.g. a reconnecting client's stale pages)."""
+        return self._pages.pages_dropped
+
+    @property
+    def bytes_dropped(self) -> int:
+        return self._pages.bytes_dropped
+
+    @property
+    def streams_chained(self) -> int:
+        """Logical streams begun after the first (each one decoded by a fresh Opus decoder)."""
+        return self._pages.streams_chained
+
     def decode(self, ogg: bytes) -> np.ndarray:
         self.bytes_in += len(ogg)
         try:
-            pages = self._pages.feed(ogg)
+            runs = self._pages.feed_runs(ogg)
         except OggError as exc:
             raise InvalidAudio(f"audio is not a valid Ogg/Opus stream: {exc}") from None
-        if not pages:
+        parts = []
+        for run in runs:
+            if run.begins and self._reader_fed:
+                self._reader = sphn.OpusStreamReader(self.sample_rate)
+            self._reader_fed = True
+            parts.append(self._decode_pages(run.data))
+        if not parts:
             return np.zeros(0, dtype=np.float32)
+        pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.samples_out += int(pcm.shape[0])
+        return pcm
+
+    def _decode_pages(self, pages: bytes) -> np.ndarray:
         try:
-            pcm = np.asarray(self._reader.append_bytes(pages), dtype=np.float32).reshape(-1)
+            return np.asarray(self._reader.append_bytes(pages), dtype=np.float32).reshape(-1)
         except Exception as exc:  # sphn: bad Opus packet, ...
             raise InvalidAudio(f"audio is not a valid Ogg/Opus stream ({exc})") from None
         except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException (a BaseException)
             if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             raise InvalidAudio("audio is not a valid Ogg/Opus stream (the Opus decoder rejected it)") from None
-        self.samples_out += int(pcm.shape[0])
-        return pcm
 
 
 class OggOpusEncoder:

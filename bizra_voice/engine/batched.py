@@ -8,6 +8,7 @@ costs the running rows a batched forward nor touches their caches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from moshi.modules.transformer import RingKVCache
 from bizra_voice import constants as C
 from bizra_voice.engine.api import MAX_AUDIO_TOPK, MAX_TEXT_TOPK, SamplingParams
 from bizra_voice.engine.loading import ModelBundle
+from bizra_voice.engine.prefix import PrefixStates, bucket_for, buckets
 from bizra_voice.engine.sampling import SlotSampling, sample_tokens
 from bizra_voice.prompt import build_timeline, delayed_columns
 from bizra_voice.voices import VoicePrompt
@@ -52,16 +54,16 @@ class _SlotLMGen(LMGen):
         (``engine._position``, the sampling tensors) and Python values fixed before capture."""
         engine = self._engine
         lm = self.lm_model
-        s = engine.sampling
+        r = engine._r  # the rows being stepped: views of fixed storage, one set per prefix size
         # Not ``self._streaming_state.offsets``: LMGen rebinds that attribute every step, so a captured
         # graph would keep reading the storage of the step it was captured on.
-        position = engine._position
+        position = r.position
         previous = text_token
         tokens = []
         with lm.depformer.streaming(text_token.shape[0]):
             for cb in range(lm.dep_q):
                 logits = lm.forward_depformer(cb, previous[:, None, None], transformer_out)
-                previous = sample_tokens(logits[:, 0, 0], s.temp_audio, s.topk_audio, s.greedy, s.seed,
+                previous = sample_tokens(logits[:, 0, 0], r.temp_audio, r.topk_audio, r.greedy, r.seed,
                                          position, 1 + cb, engine.topk_bound_audio)
                 tokens.append(previous)
         return torch.stack(tokens, dim=1)
@@ -89,6 +91,40 @@ class TickResult:
     pcm: np.ndarray  # float32 [B, FRAME_SIZE]
     guided: np.ndarray | None = None  # bool [B]: the text token came from guidance
     model_text: np.ndarray | None = None  # int64 [B]: what the model itself chose before guidance
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Views of the first ``n`` rows of the engine's per-row tensors (same storage), for one prefix size."""
+
+    n: int
+    position: torch.Tensor
+    force_text: torch.Tensor
+    force_audio: torch.Tensor
+    guide_tokens: torch.Tensor
+    guide_length: torch.Tensor
+    guide_index: torch.Tensor
+    guided: torch.Tensor
+    model_text: torch.Tensor
+    sampled_guided: torch.Tensor
+    sampled_model_text: torch.Tensor
+    history: torch.Tensor
+    history_count: torch.Tensor
+    temp_text: torch.Tensor
+    topk_text: torch.Tensor
+    temp_audio: torch.Tensor
+    topk_audio: torch.Tensor
+    greedy: torch.Tensor
+    seed: torch.Tensor
+
+
+def _pad_rows(array: np.ndarray, rows: int, fill: float) -> np.ndarray:
+    """``array`` [n, ...] grown to [rows, ...] (rows past n were not stepped: they produced nothing)."""
+    if array.shape[0] == rows:
+        return array
+    out = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    out[: array.shape[0]] = array
+    return out
 
 
 def _extend(timeline: Any, frames: np.ndarray) -> Any:
@@ -167,6 +203,13 @@ class BatchedEngine:
         self._reanchoring: set[int] = set()  # rows whose re-anchor prefill is under way
         self.prefill_chunk = DEFAULT_PREFILL_CHUNK  # positions per prefill step
         self._started_seed = 0
+        # Prefix steps (engine/prefix.py): views of the per-row tensors and streaming states per row count.
+        self.prefix_steps = True
+        self._row_views: dict[int, _Rows] = {}
+        self._r = self._rows(slots)
+        self._prefix_lm_gen = PrefixStates(self.lm_gen, slots)
+        self._prefix_lm = PrefixStates(lm, slots)
+        self._prefix_mimi = PrefixStates(self.mimi, slots)
 
     def close(self) -> None:
         """Leave streaming mode so the models can serve another engine (tests, conformance runs)."""
@@ -178,25 +221,81 @@ class BatchedEngine:
         self._text_logits = logits
 
     def _on_text(self, text_token: torch.Tensor) -> None:
-        s = self.sampling
+        r = self._r
         assert self._text_logits is not None
-        self._position.copy_(self.lm_gen._streaming_state.offsets)  # read by depformer_step (graphed)
-        sampled = sample_tokens(self._text_logits[:, 0, 0], s.temp_text, s.topk_text, s.greedy, s.seed,
-                                self._position, 0, self.topk_bound_text)
+        r.position.copy_(self.lm_gen._streaming_state.offsets)  # read by depformer_step (graphed)
+        sampled = sample_tokens(self._text_logits[:, 0, 0], r.temp_text, r.topk_text, r.greedy, r.seed,
+                                r.position, 0, self.topk_bound_text)
         # Guidance: where the model chose a word (not PAD/EPAD), say the next answer token instead, so the
         # model keeps its own timing and voice and speaks the answer's words in order.
-        self.model_text.copy_(sampled)
+        r.model_text.copy_(sampled)
         is_word = (sampled != C.TEXT_PAD_ID) & (sampled != 0)
         executing = self.lm_gen._streaming_state.exec_mask
-        use = is_word & executing & (self.guide_index < self.guide_length)
-        guided = self.guide_tokens.gather(1, self.guide_index.clamp(max=MAX_GUIDE_TOKENS - 1)[:, None])[:, 0]
+        use = is_word & executing & (r.guide_index < r.guide_length)
+        guided = r.guide_tokens.gather(1, r.guide_index.clamp(max=MAX_GUIDE_TOKENS - 1)[:, None])[:, 0]
         sampled = torch.where(use, guided, sampled)
-        self.guide_index += use.long()
-        self.guided.copy_(use)
-        text_token.copy_(torch.where(self.force_text >= 0, self.force_text, sampled))
+        r.guide_index.add_(use.long())
+        r.guided.copy_(use)
+        text_token.copy_(torch.where(r.force_text >= 0, r.force_text, sampled))
 
     def _on_audio(self, audio_tokens: torch.Tensor) -> None:
-        audio_tokens.copy_(torch.where(self.force_audio >= 0, self.force_audio, audio_tokens))
+        r = self._r
+        audio_tokens.copy_(torch.where(r.force_audio >= 0, r.force_audio, audio_tokens))
+
+    # ---- prefix steps: a tick computes only the rows up to the highest active one ------------------------
+    def _rows(self, n: int) -> _Rows:
+        rows = self._row_views.get(n)
+        if rows is None:
+            s = self.sampling
+            rows = self._row_views[n] = _Rows(
+                n=n, position=self._position[:n], force_text=self.force_text[:n], force_audio=self.force_audio[:n],
+                guide_tokens=self.guide_tokens[:n], guide_length=self.guide_length[:n],
+                guide_index=self.guide_index[:n], guided=self.guided[:n], model_text=self.model_text[:n],
+                sampled_guided=self._sampled_guided[:n], sampled_model_text=self._sampled_model_text[:n],
+                history=self._history[:n], history_count=self._history_count[:n], temp_text=s.temp_text[:n],
+                topk_text=s.topk_text[:n], temp_audio=s.temp_audio[:n], topk_audio=s.topk_audio[:n],
+                greedy=s.greedy[:n], seed=s.seed[:n])
+        return rows
+
+    @contextlib.contextmanager
+    def _prefix(self, n: int) -> Iterator[int]:
+        """Step only rows ``0..n-1`` inside this block (``n`` is rounded up to a bucket size)."""
+        n = bucket_for(n, self.slots) if self.prefix_steps else self.slots
+        previous = self._r
+        self._r = self._rows(n)
+        try:
+            with self._prefix_lm_gen.rows(n), self._prefix_lm.rows(n), self._prefix_mimi.rows(n):
+                yield n
+        finally:
+            self._r = previous
+
+    @torch.no_grad()
+    def warm_buckets(self, ticks: int = 2) -> list[int]:
+        """Run ``ticks`` idle ticks (no row active: no state changes) at every prefix size, so that on a GPU
+        each bucket's CUDA graphs are captured now rather than during a live session's first tick there."""
+        sizes = buckets(self.slots) if self.prefix_steps else [self.slots]
+        idle = np.zeros(self.slots, dtype=bool)
+        pcm = np.zeros((self.slots, C.FRAME_SIZE), dtype=np.float32)
+        for n in sizes:
+            for _ in range(ticks):
+                with self._prefix(n):
+                    self._idle_tick(pcm[:n], idle)
+        return sizes
+
+    def _idle_tick(self, pcm: np.ndarray, idle: np.ndarray) -> None:
+        n = pcm.shape[0]
+        mask = self._to_device("active", idle[:n])
+        audio = self._to_device("pcm", pcm)[:, None, :]
+        self.mimi.set_exec_mask(mask)
+        codes = self.mimi.encode(audio)
+        tokens, produced = self._lm_step(codes, mask, idle)
+        self.mimi.set_exec_mask(produced)
+        out = self.mimi.decode(tokens[:, 1:].clamp(min=0)[:, :, None])
+        self._to_host(out[:, 0].float())
+
+    def _rows_needed(self, active: np.ndarray) -> int:
+        rows = np.flatnonzero(active)
+        return int(rows[-1]) + 1 if rows.size else 1
 
     # ---- slot lifecycle ------------------------------------------------------------------------------
     def _mask(self, rows: list[int] | np.ndarray) -> torch.Tensor:
@@ -296,9 +395,10 @@ class BatchedEngine:
         self.positions[slot] = total - 1
         # Last prompt step: text and semantic code free, acoustic codes of the last prompt frame forced.
         self.force_audio[slot, 1:] = self._silence[1:]
-        mask = self._mask([slot])
-        user = self._sine.view(1, -1, 1).expand(self.slots, -1, 1).contiguous()
-        self._lm_step(user, mask, np.arange(self.slots) == slot, conversation=False)
+        with self._prefix(slot + 1) as n:
+            mask = self._mask([slot])[:n]
+            user = self._sine.view(1, -1, 1).expand(n, -1, 1).contiguous()
+            self._lm_step(user, mask, np.arange(self.slots) == slot, conversation=False)
         self.force_audio[slot] = -1
 
     def _timeline_columns(self, timeline: Any, voice: VoicePrompt) -> tuple[np.ndarray, int]:
@@ -351,16 +451,18 @@ class BatchedEngine:
     # ---- the tick ------------------------------------------------------------------------------------
     def _lm_step(self, codes: torch.Tensor, mask: torch.Tensor, host_mask: np.ndarray,
                  conversation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mask`` on the device for the step, ``host_mask`` its host copy (positions, no sync)."""
+        """One LM step of the rows in ``self._r`` (inside ``_prefix``): ``codes`` [n, 8, 1] and ``mask`` [n] on
+        the device, ``host_mask`` [B] its host copy (positions, no sync)."""
+        r = self._r
         self.lm_gen.set_exec_mask(mask)
-        reported_guided = self._sampled_guided.clone()
-        reported_model_text = self._sampled_model_text.clone()
+        reported_guided = r.sampled_guided.clone()
+        reported_model_text = r.sampled_model_text.clone()
         tokens = self.lm_gen.step(codes)[:, :, 0]
         self._record_history(tokens, codes[:, :, 0], mask, host_mask, conversation)
-        self._sampled_guided.copy_(torch.where(mask, self.guided, self._sampled_guided))
-        self._sampled_model_text.copy_(torch.where(mask, self.model_text, self._sampled_model_text))
-        self.guided.copy_(reported_guided)
-        self.model_text.copy_(reported_model_text)
+        r.sampled_guided.copy_(torch.where(mask, r.guided, r.sampled_guided))
+        r.sampled_model_text.copy_(torch.where(mask, r.model_text, r.sampled_model_text))
+        r.guided.copy_(reported_guided)
+        r.model_text.copy_(reported_model_text)
         return tokens, mask & (tokens[:, 1:] >= 0).all(dim=-1)
 
     # ---- long sessions -------------------------------------------------------------------------------
@@ -371,18 +473,21 @@ class BatchedEngine:
         self.reanchor_margin = margin
         self._history = torch.zeros((self.slots, max(1, frames), 17), dtype=torch.long, device=self.device)
         self._history_count.zero_()
+        self._row_views.clear()  # they hold views of the old history tensor
+        self._r = self._rows(self.slots)
 
     def _record_history(self, tokens: torch.Tensor, user: torch.Tensor, mask: torch.Tensor, host_mask: np.ndarray,
                         conversation: bool) -> None:
         self.positions += host_mask.astype(np.int64)
         if not self.history_size or not conversation:
             return
-        frame = torch.cat([tokens, user], dim=1)  # [B, 17]: text, agent 8 (un-delayed), user 8
+        r = self._r
+        frame = torch.cat([tokens, user], dim=1)  # [n, 17]: text, agent 8 (un-delayed), user 8
         valid = mask & (tokens[:, 1:] >= 0).all(dim=-1)
-        index = (self._history_count % self.history_size)[:, None, None].expand(-1, 1, 17)
-        current = self._history.gather(1, index)
-        self._history.scatter_(1, index, torch.where(valid[:, None, None], frame[:, None, :], current))
-        self._history_count += valid.long()
+        index = (r.history_count % self.history_size)[:, None, None].expand(-1, 1, 17)
+        current = r.history.gather(1, index)
+        r.history.scatter_(1, index, torch.where(valid[:, None, None], frame[:, None, :], current))
+        r.history_count.add_(valid.long())
 
     def needs_reanchor(self, slot: int) -> bool:
         """The row has reached the re-anchor margin and no re-anchor of it is under way."""
@@ -480,6 +585,7 @@ class BatchedEngine:
         return staging.to(self.device, non_blocking=True)
 
     def _pinned_buffer(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        key = f"{key}:{tuple(like.shape)}"  # one per prefix size: buckets don't reallocate each other's
         buf = self._pinned.get(key)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
             buf = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
@@ -501,29 +607,37 @@ class BatchedEngine:
     @torch.no_grad()
     def step_codes(self, user_codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """LM step on given user Mimi codes [B, 8] (no audio codec): tokens [B, 9] and the produced mask."""
-        mask = self._to_device("active", active)
-        codes = self._to_device("codes", user_codes)[:, :, None]
-        tokens, produced = self._lm_step(codes, mask, np.asarray(active, dtype=bool))
-        packed, = self._to_host(torch.cat([tokens, produced[:, None].long()], dim=1))
+        active = np.asarray(active, dtype=bool)
+        with self._prefix(self._rows_needed(active)) as n:
+            mask = self._to_device("active", active[:n])
+            codes = self._to_device("codes", np.asarray(user_codes)[:n])[:, :, None]
+            tokens, produced = self._lm_step(codes, mask, active)
+            packed, = self._to_host(torch.cat([tokens, produced[:, None].long()], dim=1))
+        packed = _pad_rows(packed, self.slots, fill=0)
         return packed[:, :-1].copy(), packed[:, -1].astype(bool)
 
     @torch.no_grad()
     def tick(self, pcm: np.ndarray, active: np.ndarray) -> TickResult:
         """One 80 ms step for the rows in ``active`` (bool [B]); ``pcm`` is float32 [B, FRAME_SIZE].
 
-        No host sync until the end: every output (tokens, flags, PCM) comes back in one transfer.
+        No host sync until the end: every output (tokens, flags, PCM) comes back in one transfer. Only the
+        rows up to the highest active one are computed (rounded up to a bucket size: ``engine/prefix.py``).
         """
-        mask = self._to_device("active", active)
-        audio = self._to_device("pcm", pcm)[:, None, :]
-        self.mimi.set_exec_mask(mask)
-        codes = self.mimi.encode(audio)
-        tokens, produced = self._lm_step(codes, mask, np.asarray(active, dtype=bool))
-        agent = tokens[:, 1:]
-        self.mimi.set_exec_mask(produced)
-        pcm_out = self.mimi.decode(agent.clamp(min=0)[:, :, None])
-        ints = torch.cat([tokens, produced[:, None].long(), self.guided[:, None].long(), self.model_text[:, None]],
-                         dim=1)
-        ints_np, pcm_np = self._to_host(ints, pcm_out[:, 0].float())
+        active = np.asarray(active, dtype=bool)
+        with self._prefix(self._rows_needed(active)) as n:
+            r = self._r
+            mask = self._to_device("active", active[:n])
+            audio = self._to_device("pcm", pcm[:n])[:, None, :]
+            self.mimi.set_exec_mask(mask)
+            codes = self.mimi.encode(audio)
+            tokens, produced = self._lm_step(codes, mask, active)
+            agent = tokens[:, 1:]
+            self.mimi.set_exec_mask(produced)
+            pcm_out = self.mimi.decode(agent.clamp(min=0)[:, :, None])
+            ints = torch.cat([tokens, produced[:, None].long(), r.guided[:, None].long(), r.model_text[:, None]],
+                             dim=1)
+            ints_np, pcm_np = self._to_host(ints, pcm_out[:, 0].float())
+        ints_np, pcm_np = _pad_rows(ints_np, self.slots, fill=0), _pad_rows(pcm_np, self.slots, fill=0.0)
         return TickResult(produced=ints_np[:, -3].astype(bool), text=ints_np[:, 0].copy(),
                           agent=ints_np[:, 1:-3].copy(), pcm=pcm_np,
                           guided=ints_np[:, -2].astype(bool), model_text=ints_np[:, -1].copy())

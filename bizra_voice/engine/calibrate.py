@@ -214,6 +214,11 @@ def calibrate_slots(bundle: Any, config: EngineConfig, *, graphs: bool | None = 
         memory = memory_figures(bundle, curve[0], curve[1], config.memory_fraction)
         ceiling = min(config.max_slots, max(1, memory_bound(memory)))
         while (probe := next_probe(curve, budget, ceiling, session_ms)) is not None:
+            if time.perf_counter() - started > config.calibration_timeout_s:
+                log.warning("engine capacity: calibration stopped after %.0f s (engine.calibration_timeout_s); "
+                            "deciding on batch sizes up to %d", time.perf_counter() - started,
+                            max(s.batch for s in curve))
+                break
             curve.append(measure_within_budget(bundle, probe, budget, ticks=ticks, graphs=graphs,
                                                session_ms=session_ms))
         curve.sort(key=lambda s: s.batch)

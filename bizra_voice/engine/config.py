@@ -36,6 +36,8 @@ class EngineConfig(BaseModel):
                                           "engine may size itself to (default: the replica's voice_server."
                                           "num_gpus when below 1, else the whole device).")
     calibration_ticks: int = Field(24, ge=4, le=1000, description="Timed ticks per batch size when sizing.")
+    calibration_timeout_s: float = Field(90.0, gt=0.0, description="Sizing stops probing larger batches "
+                                         "after this long and decides on what it measured.")
     prefill_chunk: int = Field(64, ge=1, le=4096, description="Prompt positions prefilled per step; joining "
                                "prompts and re-anchors run step by step between ticks.")
     prefill_slice_ms: float = Field(15.0, gt=0.0, description="Prefill work run between two ticks (at least "

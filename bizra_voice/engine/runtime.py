@@ -296,6 +296,8 @@ class EngineRuntime:
         sizing = calibrate_slots(models.bundle, config)
         engine = BatchedEngine(models.bundle, sizing.slots)
         engine.keep_history(config.reanchor_history, config.reanchor_margin)
+        if models.bundle.device.type == "cuda" and config.cuda_graphs:
+            log.info("capturing CUDA graphs for prefix sizes %s", engine.warm_buckets())
         runtime = cls(engine, models, sizing)
         log.info("engine ready: %s on %s (%s), %s, %d voices", models.bundle.files.source,
                  models.bundle.device, models.bundle.dtype, sizing.summary(), len(models.library.catalog))

@@ -161,6 +161,10 @@ class VoiceServer:
         self._draining: str | None = None
         self._drain_watcher: asyncio.Task | None = None
         self._init_operations()
+        if self.config.voice_server.autoscaling_config(1) is not None:
+            # Serve looks this hook up on the instance; a fixed-size deployment must not have it (Ray 2.53
+            # then starts its metrics pusher without an autoscaling config, and the replica fails).
+            self.record_autoscaling_stats = self._autoscaling_stats
         from bizra_voice.serve import voice_server as module
 
         module._replica_server = self
@@ -435,7 +439,8 @@ class VoiceServer:
         """Why a session is refused for capacity: the engine's own reason (slots full, or it cannot take one
         more in real time right now), with the replica's measured capacity."""
         reason = refusal or self.runtime.admission_refusal() or "All session slots are in use; try again shortly."
-        return f"The server is at capacity: {reason} (this replica holds {self.runtime.capacity} sessions.)"
+        n = self.runtime.capacity
+        return f"The server is at capacity: {reason} (this replica's capacity: {n} session{'s' if n != 1 else ''})"
 
     def _input_dropped_reporter(self, endpoint: str, out: Any):
         """``LiveSession.on_input_dropped``: the catch-up drop as a metric and a ``session.input_dropped`` event."""
@@ -450,9 +455,9 @@ class VoiceServer:
 
         return report
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve custom autoscaling metrics: sessions held and the target for this replica's MEASURED
-        capacity (serve/autoscaling.py turns them into the autoscaler's load)."""
+    def _autoscaling_stats(self) -> dict[str, float]:
+        """Serve custom autoscaling metrics (``record_autoscaling_stats``): sessions held and the target for
+        this replica's MEASURED capacity (serve/autoscaling.py turns them into the autoscaler's load)."""
         from bizra_voice.serve.autoscaling import SESSIONS, TARGET_SESSIONS
 
         target = self.config.voice_server.target_session_fraction * self.runtime.capacity

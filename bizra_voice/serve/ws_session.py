@@ -244,6 +244,9 @@ class ChatSession:
             "outbound": self.outbound.stats(),
             "reanchors": getattr(self.live, "reanchors", 0),
             "input_frames_dropped": getattr(self.live, "input_frames_dropped", 0),
+            # Ogg pages outside any stream (dropped) and chained streams: what a reconnecting client replays
+            "ogg": {"pages_dropped": self.decoder.pages_dropped, "bytes_dropped": self.decoder.bytes_dropped,
+                    "streams_chained": self.decoder.streams_chained},
         }
         if self.stats_source is not None:
             event["engine"] = self.stats_source()
@@ -268,6 +271,10 @@ class ChatSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.decoder.pages_dropped or self.decoder.streams_chained:
+            log.info("session %s: %d Ogg pages outside any stream dropped (%d bytes), %d chained streams",
+                     self.live.session_id, self.decoder.pages_dropped, self.decoder.bytes_dropped,
+                     self.decoder.streams_chained)
         for task in done:
             exc = task.exception()
             ending = ending_for(exc)
