@@ -98,14 +98,14 @@ def run_peer_server(config: str, port: int) -> None:
     runpy.run_module("moshi.server", run_name="__main__", alter_sys=True)
 
 
-def _profile_slots() -> int:
+def _profile_slots() -> str:
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
-    return int(config["applications"][0]["args"]["engine"]["slots"])
+    return str(config["applications"][0]["args"]["engine"]["slots"])
 
 
-def run_bizra_server(port: int, slots: int, cache_dir: str) -> None:
+def run_bizra_server(port: int, slots: str, cache_dir: str) -> None:
     """Runs in the child process: our own Ray cluster + the CPU dev profile (shipped args, more slots)."""
     import ray
     import yaml
@@ -115,7 +115,7 @@ def run_bizra_server(port: int, slots: int, cache_dir: str) -> None:
 
     config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
     args = config["applications"][0]["args"]
-    args["engine"]["slots"] = slots
+    args["engine"]["slots"] = slots if slots == "auto" else int(slots)
     args["cache_dir"] = cache_dir
     env = {"PYTHONPATH": str(REPO), "NO_TORCH_COMPILE": "1", "RAY_AUTH_MODE": "disabled"}
     ray.init(num_cpus=8, include_dashboard=False, namespace="bench", log_to_driver=False,
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_sessions.add_arguments(parser)
     parser.add_argument("--systems", default="moshi.server,bizra", help="which to run, in this order")
-    parser.add_argument("--slots", type=int, default=None,
-                        help="our engine slots (default: serve_config.cpu.yaml's); more sessions get 1013")
+    parser.add_argument("--slots", default=None, help="our engine slots: a number or 'auto' (default: "
+                        "serve_config.cpu.yaml's, i.e. measured at start); sessions beyond them get 1013")
     parser.add_argument("--bizra-mode", default="standalone", choices=("standalone", "auto", "hybrid"))
     parser.add_argument("--peer-threads", type=int, default=None, help="OMP threads of the peer (default: torch's)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "bizra-bench-peer")
@@ -231,9 +231,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             url = bench_sessions.with_query(url, dict(q.split("=", 1) for q in args.query))
             urls[system] = url
             results[system] = bench_sessions.run_levels(url, pcm, levels, args, system)
-            if system == "bizra":  # the engine's own tick statistics, to split serving overhead from compute
+            if system == "bizra":  # the engine's own statistics and its measured slots
                 with urllib.request.urlopen(f"http://127.0.0.1:{BIZRA_PORT}/api/health", timeout=10) as resp:
-                    server_stats[system] = json.loads(resp.read()).get("engine", {})
+                    health = json.loads(resp.read())
+                server_stats[system] = {**health.get("engine", {}), "slots": health.get("slots", {})}
         finally:
             _stop(proc)
     report = bench_sessions.make_report(results, args, pcm, urls)
@@ -257,6 +258,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "peer-server":
         run_peer_server(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "bizra-server":
-        run_bizra_server(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+        run_bizra_server(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     else:
         main()
