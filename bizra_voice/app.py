@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ray.serve import Application
 
 from bizra_voice.config import CPU_DEV_WARNING, AppConfig
+from bizra_voice.config_errors import ConfigError, config_error
 from bizra_voice.serve import preflight
 
 log = logging.getLogger("ray.serve")
@@ -29,20 +30,37 @@ def _check_resources(config: AppConfig) -> None:
         return
     import ray
 
+    unavailable = preflight.ProfileUnavailable(preflight.NO_GPU_SENTENCE)
     if not ray.is_initialized():
         if not preflight.local_cuda():
-            preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+            raise unavailable
         return
     if preflight.cluster_gpus() <= 0:
-        preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+        raise unavailable
     single_node = len([n for n in ray.nodes() if n.get("Alive")]) <= 1
     if config.engine.device != "cpu" and single_node and not preflight.local_cuda():
-        preflight.abort_profile(preflight.NO_GPU_SENTENCE)
+        raise unavailable
+
+
+def load_config(args: dict[str, Any] | None) -> AppConfig:
+    """``args`` as a checked ``AppConfig``: valid fields, existing files, loadable TLS files, and the GPUs
+    the profile needs; any problem is one ``ConfigError`` / ``ProfileUnavailable`` sentence."""
+    try:
+        config = AppConfig.model_validate(args if args is not None else {})
+    except ValidationError as exc:
+        raise config_error(exc, AppConfig) from None
+    preflight.check_paths(config)
+    if preflight.inside_serve_build_task():  # beside the proxy, in the directory its paths are relative to
+        preflight.check_tls(preflight.serve_http_options())
+    _check_resources(config)
+    return config
 
 
 def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
     """Ray Serve options of each deployment, derived from the app config (pure; unit-tested)."""
-    slots = config.engine.slots
+    # With 'auto' the replica measures its slots at start: Serve admits up to the bound, the replica answers
+    # 1013 past its measured capacity, and autoscaling follows the capacity it reports (serve/autoscaling.py).
+    slots = config.engine.slots if isinstance(config.engine.slots, int) else config.engine.max_slots
     vs = config.voice_server
     voice: dict[str, Any] = {
         "max_ongoing_requests": vs.max_ongoing_requests(slots),
@@ -69,14 +87,15 @@ def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge (+ Transcriber)."""
+    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge (+ Transcriber).
+
+    An invalid config raises ``ConfigError`` (or ``ProfileUnavailable``) whose message is one sentence
+    naming the key and the fix; see ``serve/preflight.py`` for how ``serve run`` shows it and exits.
+    """
     try:
-        config = AppConfig.model_validate(args or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SystemExit(f"Invalid BIZRA Voice config at args.{where}: {first['msg']}.") from None
-    _check_resources(config)
+        config = load_config(args)
+    except (ConfigError, preflight.ProfileUnavailable) as exc:
+        preflight.fail(exc, args)  # from `serve run config.yaml`: told on its console, the CLI stopped
     if config.cpu_dev:
         log.warning(CPU_DEV_WARNING)
 

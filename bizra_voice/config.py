@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bizra_voice import constants as C
 from bizra_voice.engine.config import EngineConfig
+from bizra_voice.realtime.config import RealtimeConfig
+from bizra_voice.serve.autoscaling import POLICY_PATH as AUTOSCALING_POLICY
 
 Profile = Literal["gpu", "cpu-dev"]
 
@@ -54,6 +56,7 @@ class VoiceServerConfig(_Strict):
                                          "PCM and output text tokens to <dir>/<session_id>.npz on close.")
 
     def max_ongoing_requests(self, slots: int) -> int:
+        """``slots``: the engine's slot count, or its upper bound when it is measured at start ('auto')."""
         return slots + self.reject_margin
 
     def autoscaling_config(self, slots: int) -> dict | None:
@@ -66,6 +69,8 @@ class VoiceServerConfig(_Strict):
             "target_ongoing_requests": max(1.0, round(self.target_session_fraction * slots, 2)),
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
+            # the replicas' measured capacity, not a deploy-time number, sets the target (serve/autoscaling.py)
+            "policy": {"policy_function": AUTOSCALING_POLICY},
         }
 
 
@@ -179,6 +184,7 @@ class AppConfig(_Strict):
     access: AccessConfig = Field(default_factory=AccessConfig)
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     recording: RecordingConfig = Field(default_factory=RecordingConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)  # /v1/realtime: voice names, bursts
 
     @model_validator(mode="after")
     def _cpu_dev_is_tiny(self) -> AppConfig:
