@@ -8,17 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from bizra_voice.constants import FRAME_SIZE
+from bizra_voice.constants import FRAME_SIZE, PRESET_VOICES
 from bizra_voice.realtime import (
+    AudioCodec,
+    Conversation,
     RealtimeError,
-    RealtimeProtocol,
     RealtimeSettings,
     ResponseSegmenter,
+    ResponseStream,
     SegmenterConfig,
+    SessionState,
     decode_pcm16,
     encode_pcm16,
     parse_client_event,
 )
+from bizra_voice.realtime import server_events as E
+from bizra_voice.realtime.voices import DEFAULT_VOICE_TABLE, VoiceMap
 
 SILENCE = np.zeros(FRAME_SIZE, np.float32)
 LOUD = (0.3 * np.sin(np.arange(FRAME_SIZE) / 5.0)).astype(np.float32)
@@ -26,6 +31,15 @@ LOUD = (0.3 * np.sin(np.arange(FRAME_SIZE) / 5.0)).astype(np.float32)
 
 def ev(**event) -> str:
     return json.dumps(event)
+
+
+def session(segmenter: SegmenterConfig | None = None, catalog=PRESET_VOICES, **settings):
+    """A session's protocol state as one connection holds it: settings (voices resolved against a catalog
+    of the 18 presets), the conversation and the response stream."""
+    state = SessionState(RealtimeSettings(**settings), VoiceMap(DEFAULT_VOICE_TABLE, catalog))
+    if state.settings.voice:
+        state.resolve_initial_voice()
+    return state, ResponseStream(state, Conversation(), segmenter)
 
 
 def test_pcm16_round_trip_and_validation():
@@ -75,15 +89,16 @@ def test_parse_other_events():
     pcm = np.full(960, 0.25, np.float32)
     append = parse_client_event(ev(type="input_audio_buffer.append", audio=encode_pcm16(pcm)))
     assert append.kind == "append" and len(append.audio) == 2 * 960
-    decoded = RealtimeProtocol(RealtimeSettings()).decode_input(append.audio)
+    decoded = AudioCodec().decode(append.audio)
     assert decoded.size == 960 and abs(float(decoded[0]) - 0.25) < 1e-3
     with pytest.raises(RealtimeError):
-        RealtimeProtocol(RealtimeSettings()).decode_input(b"\x00\x01\x02")  # a torn 16-bit sample
+        AudioCodec().decode(b"\x00\x01\x02")  # a torn 16-bit sample
     for kind, expected in (("input_audio_buffer.commit", "commit"), ("input_audio_buffer.clear", "clear"),
                            ("response.create", "response.create"), ("response.cancel", "response.cancel")):
         assert parse_client_event(ev(type=kind)).kind == expected
     for raw, code in ((ev(type="conversation.item.retrieve"), "unknown_event"), ("{nope", "invalid_json"),
-                      ("[1, 2]", "invalid_json")):
+                      ("[1, 2]", "invalid_json"), (ev(type="conversation.item.delete", item_id="i"),
+                                                   "unsupported_event")):
         with pytest.raises(RealtimeError) as err:
             parse_client_event(raw)
         assert err.value.code == code
@@ -131,16 +146,16 @@ def test_typed_item_and_extension_events_parse_with_the_openai_types():
         RealtimeConversationItemUserMessage,
     )
 
-    proto = RealtimeProtocol(RealtimeSettings())
-    committed = proto.committed("item_audio")[0]
-    added, done = proto.user_text_item("item_typed", "What is the capital of France?")
+    conversation = Conversation()
+    committed = conversation.committed("item_audio")[0]
+    added, done = conversation.user_text_item("item_typed", "What is the capital of France?")
     assert committed["previous_item_id"] is None and added["previous_item_id"] == "item_audio"
     for event, model in ((added, ConversationItemAdded), (done, ConversationItemDone)):
         parsed = model.model_validate(event)
         assert isinstance(parsed.item, RealtimeConversationItemUserMessage)
         assert parsed.item.id == "item_typed" and parsed.item.content[0].text == "What is the capital of France?"
-    assert proto.committed("item_next")[0]["previous_item_id"] == "item_typed"
-    ext = proto.extension({"type": "router.decision", "mode": "hybrid", "reason": "r"})
+    assert conversation.committed("item_next")[0]["previous_item_id"] == "item_typed"
+    ext = E.extension({"type": "router.decision", "mode": "hybrid", "reason": "r"})
     assert ext["type"] == "bizra.router.decision" and ext["mode"] == "hybrid" and ext["event_id"]
 
 
@@ -159,9 +174,8 @@ def test_segmenter_opens_on_speech_and_closes_after_silence():
 
 
 def test_protocol_builds_ga_events_for_one_response():
-    proto = RealtimeProtocol(RealtimeSettings(instructions="Be brief.", voice="NATM1"),
-                             segmenter=SegmenterConfig(end_silence_frames=2))
-    created = proto.session_created()
+    state, proto = session(SegmenterConfig(end_silence_frames=2), instructions="Be brief.", voice="NATM1")
+    created = state.created()
     assert created["type"] == "session.created"
     assert created["session"]["instructions"] == "Be brief."
     assert created["session"]["audio"]["output"]["voice"] == "NATM1"
@@ -193,7 +207,7 @@ def test_protocol_builds_ga_events_for_one_response():
     assert done["output"][0]["content"][0] == {"type": "output_audio", "transcript": " Hi there"}
     assert proto.cancel() == []  # nothing open any more
     # the next user turn follows the assistant's item in the conversation
-    committed, added, item_done = proto.committed("item_user")
+    committed, added, item_done = proto.conversation.committed("item_user")
     assert committed["previous_item_id"] == item_id == added["previous_item_id"]
     assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}] and item_done["item"] == added["item"]
 
@@ -217,7 +231,7 @@ def test_protocol_events_parse_with_the_openai_types():
 
     from bizra_voice.realtime import error_event
 
-    proto = RealtimeProtocol(RealtimeSettings(voice="NATF0"), segmenter=SegmenterConfig(end_silence_frames=1))
+    state, proto = session(SegmenterConfig(end_silence_frames=1), voice="NATF0")
     events = proto.on_frame(LOUD, " a") + proto.on_frame(SILENCE, "")
     by_type = {e["type"]: e for e in events}
     for kind, model in (("response.output_item.added", ResponseOutputItemAddedEvent),
@@ -228,7 +242,7 @@ def test_protocol_events_parse_with_the_openai_types():
                         ("conversation.item.done", ConversationItemDone)):
         assert model.model_validate(by_type[kind]).type == kind
     assert ResponseOutputItemDoneEvent.model_validate(by_type["response.output_item.done"]).item.content[0].transcript == " a"
-    committed, added, _ = proto.committed("item_u")
+    committed, added, _ = proto.conversation.committed("item_u")
     assert InputAudioBufferCommittedEvent.model_validate(committed).previous_item_id == by_type[
         "conversation.item.added"]["item"]["id"]
     assert ConversationItemAdded.model_validate(added).item.role == "user"
@@ -236,31 +250,82 @@ def test_protocol_events_parse_with_the_openai_types():
     assert delta.response_id == by_type["response.created"]["response"]["id"]
     done = ResponseDoneEvent.model_validate(by_type["response.done"])
     assert done.response.status == "completed"
-    SessionUpdatedEvent.model_validate(proto.session_updated())
+    SessionUpdatedEvent.model_validate(state.updated())
     t = ConversationItemInputAudioTranscriptionCompletedEvent.model_validate(
-        proto.transcription_completed("item_1", "hello", 1.5))
+        E.transcription_completed("item_1", "hello", 1.5))
     assert t.transcript == "hello" and t.usage.seconds == 1.5
     err = RealtimeErrorEvent.model_validate(error_event("full", "server_at_capacity", error_type="server_error"))
     assert err.error.code == "server_at_capacity"
 
 
-def test_session_locked_after_start_and_cancel_closes_response():
-    proto = RealtimeProtocol(RealtimeSettings(instructions="A", voice="NATM1"))
-    proto.apply(parse_client_event(ev(type="session.update", session={"type": "realtime",
+def test_session_locked_after_start_with_ga_params_and_cancel_closes_response():
+    state, proto = session(instructions="A", voice="NATM1")
+    state.apply(parse_client_event(ev(type="session.update", session={"type": "realtime",
                                                                        "instructions": "B"})).changes)
-    assert proto.settings.instructions == "B"
-    proto.started = True
+    assert state.settings.instructions == "B"
+    state.start()
     same = parse_client_event(ev(type="session.update", session={"type": "realtime", "instructions": "B"}))
-    proto.apply(same.changes)  # unchanged values are fine
-    with pytest.raises(RealtimeError) as err:
-        proto.apply(parse_client_event(ev(type="session.update", event_id="x", session={
-            "type": "realtime", "audio": {"output": {"voice": "NATF1"}}})).changes)
-    assert err.value.code == "session_locked" and err.value.event_id == "x"
+    state.apply(same.changes)  # unchanged values are fine
+    cedar = parse_client_event(ev(type="session.update", session={"type": "realtime",
+                                                                  "audio": {"output": {"voice": "cedar"}}}))
+    state.apply(cedar.changes)  # cedar -> NATM1: the same engine voice, only the name changes
+    assert (state.settings.voice, state.settings.engine_voice) == ("cedar", "NATM1")
+    for session_change, param in (({"audio": {"output": {"voice": "NATF1"}}}, "session.audio.output.voice"),
+                                  ({"instructions": "C"}, "session.instructions"),
+                                  ({"mode": "standalone"}, "session.mode"),
+                                  ({"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+                                   "session.audio.input.format")):
+        with pytest.raises(RealtimeError) as err:
+            state.apply(parse_client_event(ev(type="session.update", event_id="x", session={
+                "type": "realtime", **session_change})).changes)
+        assert (err.value.code, err.value.param, err.value.event_id) == ("session_locked", param, "x")
     proto.on_frame(LOUD, " yo")
     cancelled = proto.cancel()
     assert cancelled[-1]["type"] == "response.done"
     assert cancelled[-1]["response"]["status"] == "cancelled"
     assert cancelled[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+@pytest.mark.parametrize("name, preset", sorted(DEFAULT_VOICE_TABLE.items()))
+def test_openai_voices_map_to_presets_at_session_update(name, preset):
+    state, _ = session()
+    state.apply(parse_client_event(ev(type="session.update", session={
+        "type": "realtime", "audio": {"output": {"voice": name}}})).changes)
+    assert (state.settings.voice, state.settings.engine_voice) == (name, preset)
+    assert state.session_object()["audio"]["output"]["voice"] == name  # reported as the client named it
+
+
+def test_unknown_voices_are_refused_at_session_update_not_later():
+    state, _ = session(voice="NATM1", catalog=("NATM1", "NATF0"))
+    for voice, words in (("NOPE", "Unknown voice 'NOPE'"), ("marin", "maps to 'NATF2'")):
+        with pytest.raises(RealtimeError) as err:
+            state.apply(parse_client_event(ev(type="session.update", event_id="v", session={
+                "type": "realtime", "audio": {"output": {"voice": voice}}})).changes)
+        assert (err.value.code, err.value.param, err.value.event_id) == (
+            "invalid_value", "session.audio.output.voice", "v")
+        assert words in err.value.message and "NATF0" in err.value.message
+    assert state.settings.engine_voice == "NATM1"  # unchanged
+    custom = SessionState(RealtimeSettings(), VoiceMap({"marin": "NATF0"}, ("NATF0",)))
+    custom.apply(parse_client_event(ev(type="session.update", session={
+        "type": "realtime", "audio": {"output": {"voice": "marin"}}})).changes)
+    assert custom.settings.engine_voice == "NATF0"  # the table is configurable
+    with pytest.raises(RealtimeError) as err:
+        SessionState(RealtimeSettings(voice="NOPE"), VoiceMap({}, ("NATF0",))).resolve_initial_voice()
+    assert err.value.param == "voice_prompt"
+
+
+def test_the_voice_table_in_the_app_config():
+    from bizra_voice.config import AppConfig
+
+    default = AppConfig().realtime
+    assert default.voices == DEFAULT_VOICE_TABLE and default.max_buffered_audio_s == 30
+    assert set(default.voices) == {"alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage",
+                                   "shimmer", "verse"}
+    assert set(default.voices.values()) <= set(PRESET_VOICES)
+    custom = AppConfig.model_validate({"realtime": {"voices": {"Marin": "NATF0.wav"}}}).realtime
+    assert custom.voices == {"marin": "NATF0"}
+    with pytest.raises(ValueError):
+        AppConfig.model_validate({"realtime": {"voices": {"marin": "../etc/passwd"}}})
 
 
 def chirp(seconds: float, rate: int = 24000) -> np.ndarray:
@@ -276,11 +341,11 @@ def test_g711_session_formats_round_trip(kind):
 
     from bizra_voice.audio.g711 import G711Decoder
 
-    proto = RealtimeProtocol(RealtimeSettings(), segmenter=SegmenterConfig(end_silence_frames=100))
-    proto.apply(parse_client_event(ev(type="session.update", session={
+    state, proto = session(SegmenterConfig(end_silence_frames=100))
+    state.apply(parse_client_event(ev(type="session.update", session={
         "type": "realtime", "audio": {"input": {"format": {"type": kind}}, "output": {"format": {"type": kind}}}}
     )).changes)
-    updated = SessionUpdatedEvent.model_validate(proto.session_updated())
+    updated = SessionUpdatedEvent.model_validate(state.updated())
     assert updated.session.audio.input.format.type == kind and updated.session.audio.output.format.type == kind
     signal = chirp(2.0)
     payload = b""
@@ -294,9 +359,9 @@ def test_g711_session_formats_round_trip(kind):
     ref, got = signal[2400:40000], back[2400:40000]
     snr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
     assert snr > 30, snr  # G.711 is ~38 dB on a band-limited signal; no misalignment or seams
-    proto.started = True
-    with pytest.raises(RealtimeError) as err:  # the codec state is fixed once audio flows
-        proto.apply(parse_client_event(ev(type="session.update", session={
+    assert state.started  # frames flowed: the formats (and the codec's state) are fixed
+    with pytest.raises(RealtimeError) as err:
+        state.apply(parse_client_event(ev(type="session.update", session={
             "type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}})).changes)
     assert err.value.code == "session_locked"
 
@@ -306,9 +371,9 @@ def test_g711_input_is_decoded_chunk_by_chunk_without_seams():
 
     signal = chirp(2.0)
     g711 = G711Encoder("ulaw").encode(signal)
-    proto = RealtimeProtocol(RealtimeSettings(input_format="audio/pcmu"))
-    chunks = [proto.decode_input(g711[k:k + 123]) for k in range(0, len(g711), 123)]  # odd sizes on purpose
-    whole = RealtimeProtocol(RealtimeSettings(input_format="audio/pcmu")).decode_input(g711)
+    codec = AudioCodec(input_format="audio/pcmu")
+    chunks = [codec.decode(g711[k:k + 123]) for k in range(0, len(g711), 123)]  # odd sizes on purpose
+    whole = AudioCodec(input_format="audio/pcmu").decode(g711)
     joined = np.concatenate(chunks)
     n = min(joined.size, whole.size)
     assert n > 40000 and np.array_equal(joined[:n], whole[:n])
@@ -329,19 +394,19 @@ def test_g711_matches_the_itu_reference_values():
 def test_truncate_acknowledges_what_the_user_heard():
     from openai.types.realtime import ConversationItemTruncatedEvent
 
-    proto = RealtimeProtocol(RealtimeSettings(), segmenter=SegmenterConfig(end_silence_frames=2))
+    _, proto = session(SegmenterConfig(end_silence_frames=2))
     events = [e for _ in range(5) for e in proto.on_frame(LOUD, " a")]
     item_id = next(e for e in events if e["type"] == "response.output_item.added")["item"]["id"]
     event = parse_client_event(ev(type="conversation.item.truncate", event_id="t1", item_id=item_id,
                                   content_index=0, audio_end_ms=240))
     assert (event.kind, event.item_id, event.audio_end_ms) == ("item.truncate", item_id, 240)
-    ack = ConversationItemTruncatedEvent.model_validate(proto.truncated(item_id, 240))
+    ack = ConversationItemTruncatedEvent.model_validate(proto.conversation.truncated(item_id, 240))
     assert ack.item_id == item_id and ack.audio_end_ms == 240
     with pytest.raises(RealtimeError) as err:  # 5 frames = 400 ms were sent
-        proto.truncated(item_id, 480, "t2")
+        proto.conversation.truncated(item_id, 480, "t2")
     assert err.value.code == "invalid_value" and err.value.event_id == "t2"
     with pytest.raises(RealtimeError) as err:
-        proto.truncated("item_nope", 0)
+        proto.conversation.truncated("item_nope", 0)
     assert err.value.code == "item_not_found"
     for bad, param in (({"audio_end_ms": 10}, "item_id"), ({"item_id": "i", "audio_end_ms": -1}, "audio_end_ms"),
                        ({"item_id": "i", "audio_end_ms": True}, "audio_end_ms"),

@@ -1,0 +1,122 @@
+"""The settings of one Realtime session: what ``session.update`` may change, and when it no longer may.
+
+Persona (``instructions``), voice, mode, recording consent and audio formats are prefilled into the model
+when the engine session starts, so they are fixed from then on: a ``session.update`` that would change
+one gets ``session_locked`` with the GA path of the first such field. Voices are resolved when they are
+named (``voices.py``), so an unknown one is refused at ``session.update``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bizra_voice.realtime.audio_formats import AudioCodec, format_object
+from bizra_voice.realtime.client_events import SessionChanges
+from bizra_voice.realtime.errors import RealtimeError, new_id
+from bizra_voice.realtime.voices import VoiceMap
+from bizra_voice.session_params import normalize_voice
+
+# session.update fields (SessionChanges -> RealtimeSettings, same names), with the GA path of each
+_FIELDS = ("instructions", "voice", "mode", "record", "transcription", "input_format", "output_format")
+_LOCKED_ONCE_STARTED = {"instructions": "session.instructions", "voice": "session.audio.output.voice",
+                        "mode": "session.mode", "record": "session.record",
+                        "input_format": "session.audio.input.format",
+                        "output_format": "session.audio.output.format"}
+
+
+@dataclass
+class RealtimeSettings:
+    """The session's effective configuration (what session.created/updated report)."""
+
+    model: str = "personaplex-7b-v1"
+    instructions: str = ""
+    voice: str = ""  # as the client named it (reported back)
+    engine_voice: str = ""  # the catalog voice it resolved to (what the model speaks with)
+    mode: str = "auto"
+    record: bool = False
+    transcription: bool = False
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
+
+
+class SessionState:
+    """Settings + the lock that the engine session's start puts on them + the audio codec it fixes."""
+
+    def __init__(self, settings: RealtimeSettings, voices: VoiceMap | None = None,
+                 session_id: str | None = None) -> None:
+        self.settings = settings
+        self.voices = voices
+        self.session_id = session_id or new_id("sess")
+        self.codec: AudioCodec | None = None  # made when the engine session starts
+        if not settings.engine_voice and voices is None:
+            settings.engine_voice = settings.voice
+
+    @property
+    def started(self) -> bool:
+        return self.codec is not None
+
+    @property
+    def conversation_id(self) -> str:
+        return f"conv_{self.session_id}"
+
+    def resolve_voice(self, name: str, *, param: str = "session.audio.output.voice",
+                      event_id: str | None = None) -> str:
+        """The engine voice a client's voice name stands for; RealtimeError (``param``) if none."""
+        try:
+            name = normalize_voice(name)
+        except ValueError as exc:
+            raise RealtimeError(str(exc), "invalid_value", param=param, event_id=event_id) from None
+        return name if self.voices is None else self.voices.resolve(name, param=param, event_id=event_id)
+
+    def resolve_initial_voice(self) -> None:
+        """Resolve the voice the connection opened with (query ``voice_prompt`` or the server's default)."""
+        self.settings.engine_voice = self.resolve_voice(self.settings.voice, param="voice_prompt")
+
+    def start(self) -> AudioCodec:
+        """Fix the settings (the engine session is opening with them) and make the codec they chose."""
+        if self.codec is None:
+            self.codec = AudioCodec(self.settings.input_format, self.settings.output_format)
+        return self.codec
+
+    def apply(self, changes: SessionChanges) -> None:
+        """Apply a session.update; RealtimeError if it names an unknown voice or changes a fixed setting."""
+        s = self.settings
+        asked = {name: getattr(changes, name) for name in _FIELDS if getattr(changes, name) is not None}
+        engine_voice = s.engine_voice
+        if "voice" in asked:
+            engine_voice = self.resolve_voice(asked["voice"], event_id=changes.event_id)
+        if self.started:
+            current = {**vars(s), "voice": s.engine_voice}
+            proposed = {**asked, "voice": engine_voice} if "voice" in asked else asked
+            fixed = [_LOCKED_ONCE_STARTED[name] for name, value in proposed.items()
+                     if name in _LOCKED_ONCE_STARTED and value != current[name]]
+            if fixed:
+                raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are "
+                                    "prefilled into the model's session); open a new connection instead.",
+                                    "session_locked", param=fixed[0], event_id=changes.event_id)
+        for name, value in asked.items():
+            setattr(s, name, value)
+        s.engine_voice = engine_voice
+
+    # ---- what session.created / session.updated report -------------------------------------------------
+    def session_object(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "type": "realtime", "object": "realtime.session", "id": self.session_id, "model": s.model,
+            "output_modalities": ["audio"], "instructions": s.instructions,
+            "audio": {
+                "input": {"format": format_object(s.input_format),
+                          "transcription": {"model": "whisper"} if s.transcription else None,
+                          "turn_detection": None, "noise_reduction": None},
+                "output": {"format": format_object(s.output_format), "voice": s.voice, "speed": 1.0},
+            },
+            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
+            "mode": s.mode, "record": s.record,
+        }
+
+    def created(self) -> dict[str, Any]:
+        return {"type": "session.created", "event_id": new_id("event"), "session": self.session_object()}
+
+    def updated(self) -> dict[str, Any]:
+        return {"type": "session.updated", "event_id": new_id("event"), "session": self.session_object()}
