@@ -194,3 +194,30 @@ def test_a_joining_prompt_is_prefilled_between_the_running_sessions_ticks():
         asyncio.run(scenario())
     finally:
         rt.shutdown()
+
+
+def test_a_client_that_leaves_during_its_prefill_leaves_no_slot_behind():
+    config = EngineConfig(checkpoint=str(tiny_checkpoint()), device="cpu", slots=1, prefill_chunk=2,
+                          prefill_slice_ms=0.001)
+    rt = EngineRuntime.create(config)
+
+    async def scenario():
+        opening = asyncio.create_task(rt.open_session(SessionSpec(text_prompt="A long persona. " * 30)))
+        while rt.prefill_steps == 0:  # its prefill has begun
+            await asyncio.sleep(0.001)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        for _ in range(500):  # the tick thread notices the abandoned prefill
+            if not rt._prefills:
+                break
+            await asyncio.sleep(0.01)
+        assert rt.active_sessions == 0 and not rt._live and not rt._prefills
+        again = await rt.open_session(SessionSpec())  # the slot is usable again
+        assert again.slot == 0
+        await again.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        rt.shutdown()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -179,7 +180,8 @@ class LiveSession:
             self.close_cause = cause
             if cause is not EndCause.CLIENT:
                 log.warning("session %s ended by the server (%s): %s", self.session_id, cause.value, reason)
-            self._loop.call_soon_threadsafe(self._deliver, self._closed_error())
+            with contextlib.suppress(RuntimeError):  # its event loop is gone (process shutdown): nobody waits
+                self._loop.call_soon_threadsafe(self._deliver, self._closed_error())
 
     async def close(self, reason: str = "closed by the client") -> None:
         """Free the slot (idempotent)."""
@@ -471,10 +473,15 @@ class EngineRuntime:
             self.prefill_steps += 1
             self.prefill_step_ms_max = max(self.prefill_step_ms_max, (time.perf_counter() - step_started) * 1000)
             if finished:
+                abandoned = task.future is not None and task.future.cancelled()  # the client left meanwhile
                 with self._wake:
                     self._drop_prefill(task)
-                    if task.kind == "start":
+                    if task.kind == "start" and not abandoned:
                         self._live[task.session.slot] = _SlotState(task.session)
+                if abandoned:
+                    if self._slots.owner(task.session.slot) is None:  # released by open_session: clean the row
+                        self.engine.reset_slot(task.session.slot)
+                    continue
                 if task.kind == "start" and task.future is not None and not task.future.done():
                     task.future.set_result(self.engine._started_seed)
                 elif task.kind == "reanchor":

@@ -3,7 +3,7 @@
 The controller gets Ray Serve handle calls as plain async callables: ``ModeRouter.decide_turn``,
 ``QwenKnowledge.answer`` (streamed) and ``Transcriber.transcribe``. On ``/api/chat`` the session's
 ``user.text`` client events, decoded PCM and produced frames are routed to it and its events go out as 0x04
-JSON; ``/v1/realtime`` (serve/realtime_session.py) builds one with ``hybrid_controller`` and maps its events.
+JSON; ``/v1/realtime`` (serve/realtime_engine.py) builds one with ``hybrid_controller`` and maps its events.
 """
 
 from __future__ import annotations
