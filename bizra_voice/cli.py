@@ -1,4 +1,4 @@
-"""``bizra-voice``: offline conversations, conformance runs and tiny dev checkpoints."""
+"""``bizra-voice``: offline conversations, conformance runs, tiny dev checkpoints and the GPU check."""
 
 from __future__ import annotations
 
@@ -32,6 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the real layout")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--seed", type=int, default=1234)
+
+    gpu = sub.add_parser("gpu-check", help="how many real-time sessions this machine holds, and is the engine "
+                         "correct here (random weights; JSON + PNG + a one-screen verdict)")
+    gpu.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when visible, else cpu")
+    gpu.add_argument("--size", choices=("full", "tiny"), default=None,
+                     help="full PersonaPlex dimensions or the tiny checkpoint's (default: full on cuda, tiny on cpu)")
+    gpu.add_argument("--quick", action="store_true", help="fewer ticks and batch sizes, 4 s real-time runs (CI)")
+    gpu.add_argument("--out", type=Path, default=Path("gpu-check"), help="where gpu-check.json/.png/.txt go")
+    gpu.add_argument("--memory-gb", type=float, default=None, metavar="N",
+                     help="run the laptop profile's engine settings on an N GiB card (allocator capped) next to "
+                     "its Qwen and Whisper, and report whether it fits")
+    gpu.add_argument("--profile", type=Path, default=None,
+                     help="the profile --memory-gb runs (default: serve_config.laptop.yaml)")
+    gpu.add_argument("--seconds", type=float, default=None, help="real-time run length per level (default 60, "
+                     "--quick 4)")
+    gpu.add_argument("--replot", action="store_true", help="only redraw the PNG and summary from --out's JSON")
 
     cert = sub.add_parser("make-cert", help="write a self-signed TLS certificate (cert.pem, key.pem) for LAN use")
     cert.add_argument("folder", type=Path)
@@ -69,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = make_tiny(args.folder, args.seed)
             print(f"tiny random checkpoint written to {folder} (its audio is noise)")
             return 0
+        if args.command == "gpu-check":
+            return _gpu_check(args)
         if args.command == "make-cert":
             from bizra_voice.tls import default_names, make_self_signed
 
@@ -79,6 +97,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    import logging
+
+    from bizra_voice.gpucheck.report import replot
+
+    if args.replot:
+        print(replot(args.out))
+        return 0
+    import torch
+
+    from bizra_voice.gpucheck.check import CheckOptions, run_gpu_check
+
+    # Engine warnings (dropped frames, ended sessions) are counted in the report; only errors are printed.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bizra_voice.engine").setLevel(logging.ERROR)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.size or ("full" if device == "cuda" else "tiny")
+    return run_gpu_check(CheckOptions(device=device, size=size, quick=args.quick, out=args.out,
+                                      memory_gb=args.memory_gb, seconds=args.seconds, profile=args.profile))
 
 
 if __name__ == "__main__":

@@ -127,3 +127,18 @@ def test_a_session_beyond_the_measured_capacity_is_refused_with_1013(strict_serv
     assert refused.handshake_s is None
     assert refused.close_code == P.CloseCode.AT_CAPACITY
     assert refused.errors and "at capacity" in refused.errors[0] and "capacity: 1 session)" in refused.errors[0]
+
+
+def test_a_minute_of_auto_mode_speech_in_real_time_is_not_ended_by_the_server(cpu_server):
+    """Issue 18's regression: on a slow machine the engine fell behind and ended auto-mode sessions after
+    5-10 s (close 1000, no reason). Now an admitted session catches up instead, and holds a whole minute."""
+    pcm = np.tile(speech(), 9)[: 24000 * 60]  # the 7.6 s turn, again and again: Whisper and Qwen get turns
+    result = asyncio.run(run_chat(chat_url(cpu_server, mode="auto"), pcm, drain_s=1.5))
+    assert result.handshake_s is not None, result.errors
+    assert not result.errors, result.errors
+    assert result.close_code in (1000, None)  # closed by this client, not by the server
+    assert result.frames_sent == 750
+    assert result.frames_received >= 0.9 * result.frames_sent - 30  # up to 2.4 s may have been caught up
+    last = [e for e in result.events if e.get("type") == "session.stats"][-1]
+    print("auto-mode minute:", {k: last.get(k) for k in ("frames_out", "input_frames_dropped", "reanchors")},
+          "engine:", {k: last["engine"].get(k) for k in ("tick_ms_p50", "tick_ms_p99", "deadline_misses")})

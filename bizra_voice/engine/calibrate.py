@@ -24,6 +24,7 @@ import torch
 from bizra_voice import constants as C
 from bizra_voice.engine.capacity import (
     AUTO,
+    CapacityError,
     MemoryFigures,
     SlotChoice,
     TickStats,
@@ -183,11 +184,41 @@ def measure_within_budget(bundle: Any, batch: int, budget_ms: float, *, ticks: i
     return best
 
 
-def memory_figures(bundle: Any, one: TickStats, two: TickStats, fraction: float | None) -> MemoryFigures:
-    """This replica's memory share, what the models use, and the measured cost of one more slot."""
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def measure_pair(bundle: Any, measure: Callable[[int], TickStats]) -> list[TickStats]:
+    """The B=1 and B=2 probes; on a card where two slots do not fit, only B=1 (the memory bound is then
+    computed from one slot's cost and comes out as 1, or as 0 with a clear error)."""
+    try:
+        one = measure(1)
+    except Exception as exc:
+        if bundle.device.type == "cuda" and _out_of_memory(exc):
+            raise CapacityError("Not even one session fits this replica's GPU memory next to the models: give it "
+                                "a larger share (voice_server.num_gpus / engine.memory_fraction), int8 weights "
+                                "(engine.quantize_int8) or fewer models on this GPU.") from None
+        raise
+    try:
+        return [one, measure(2)]
+    except Exception as exc:
+        if bundle.device.type != "cuda" or not _out_of_memory(exc):
+            raise
+        gc.collect()
+        torch.cuda.empty_cache()
+        log.warning("engine capacity: a second slot does not fit in memory (%s)", str(exc).splitlines()[0])
+        return [one]
+
+
+def memory_figures(bundle: Any, one: TickStats, two: TickStats | None, fraction: float | None) -> MemoryFigures:
+    """This replica's memory share, what the models use, and the measured cost of one more slot
+    (``two`` None: only one slot could be built; its own cost is taken)."""
     device = bundle.device
-    per_slot = max(1, (two.state_bytes + two.workspace_bytes) - (one.state_bytes + one.workspace_bytes),
-                   one.state_bytes)
+    if two is None:
+        per_slot = max(1, one.state_bytes + one.workspace_bytes)
+    else:
+        per_slot = max(1, (two.state_bytes + two.workspace_bytes) - (one.state_bytes + one.workspace_bytes),
+                       one.state_bytes)
     if device.type == "cuda":
         _free, total = torch.cuda.mem_get_info(device)
         share = int(total * (fraction if fraction is not None else 1.0))
@@ -209,9 +240,12 @@ def calibrate_slots(bundle: Any, config: EngineConfig, *, graphs: bool | None = 
     session_ms = session_overhead_ms()
     if auto:
         budget = config.tick_budget_ms
-        curve: list[TickStats] = [measure_within_budget(bundle, b, budget, ticks=ticks, graphs=graphs,
-                                                        session_ms=session_ms) for b in (1, 2)]
-        memory = memory_figures(bundle, curve[0], curve[1], config.memory_fraction)
+        curve: list[TickStats] = measure_pair(bundle, lambda b: measure_within_budget(
+            bundle, b, budget, ticks=ticks, graphs=graphs, session_ms=session_ms))
+        memory = memory_figures(bundle, curve[0], curve[1] if len(curve) > 1 else None, config.memory_fraction)
+        if len(curve) == 1:  # two slots did not fit: the memory bound is what fits (1 or 0)
+            memory = dataclasses.replace(memory, share=min(memory.share, memory.used + memory.reserve
+                                                           + memory.per_slot))
         ceiling = min(config.max_slots, max(1, memory_bound(memory)))
         while (probe := next_probe(curve, budget, ceiling, session_ms)) is not None:
             if time.perf_counter() - started > config.calibration_timeout_s:
@@ -223,8 +257,11 @@ def calibrate_slots(bundle: Any, config: EngineConfig, *, graphs: bool | None = 
                                                session_ms=session_ms))
         curve.sort(key=lambda s: s.batch)
     else:  # an explicit count is only checked against memory: two short eager probes measure a slot's cost
-        probes = [measure_batch(bundle, b, ticks=2, warmup=1, graphs=False) for b in (1, 2)]
-        memory = memory_figures(bundle, probes[0], probes[1], config.memory_fraction)
+        probes = measure_pair(bundle, lambda b: measure_batch(bundle, b, ticks=2, warmup=1, graphs=False))
+        memory = memory_figures(bundle, probes[0], probes[1] if len(probes) > 1 else None, config.memory_fraction)
+        if len(probes) == 1:
+            memory = dataclasses.replace(memory, share=min(memory.share, memory.used + memory.reserve
+                                                           + memory.per_slot))
         curve = []
     choice = choose_slots(config.slots, max_slots=config.max_slots, budget_ms=config.tick_budget_ms,
                           memory=memory, curve=curve, device=device_name, session_ms=session_ms)

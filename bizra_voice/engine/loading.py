@@ -154,12 +154,18 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def quantize_int8(lm: Any, device: torch.device) -> None:
-    """moshi's bitsandbytes int8 linears for the big transformer (CUDA only)."""
+    """moshi's bitsandbytes int8 linears for the big transformer (CUDA only), layer by layer: the LM is
+    built on the host and each transformer layer is moved to the GPU and quantized in turn, so the GPU never
+    holds the whole bf16 transformer (14.3 GiB: it would not load beside Qwen on a 16 GB card)."""
     if device.type != "cuda":
         raise CheckpointError("quantize_int8 needs a CUDA GPU (bitsandbytes int8); turn it off on CPU.")
     from moshi.utils.quantize import replace_linear_with_qlinear
 
-    replace_linear_with_qlinear(lm.transformer)
+    for layer in lm.transformer.layers:
+        layer.to(device)
+        replace_linear_with_qlinear(layer)
+        torch.cuda.empty_cache()
+    lm.to(device)  # embeddings, depformer and heads stay bf16
 
 
 def offload_layers(lm: Any, count: int, device: torch.device) -> None:
@@ -188,7 +194,7 @@ def offload_layers(lm: Any, count: int, device: torch.device) -> None:
 
 def load_bundle(files: CheckpointFiles, device: torch.device, dtype: torch.dtype,
                 int8: bool = False, cpu_offload_layers: int = 0) -> ModelBundle:
-    lm = build_lm(files, device, dtype)
+    lm = build_lm(files, torch.device("cpu") if int8 else device, dtype)
     if int8:
         quantize_int8(lm, device)
     offload_layers(lm, cpu_offload_layers, device)
