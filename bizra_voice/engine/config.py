@@ -46,6 +46,10 @@ class EngineConfig(BaseModel):
     cpu_offload_layers: int = Field(0, ge=0, description="Keep this many transformer layers on the CPU "
                                     "and stream them to the GPU on use (small GPUs).")
     cuda_graphs: bool = Field(True, description="Capture the batched tick in CUDA graphs (GPU only).")
+    cpu_threads: int | None = Field(1, ge=1, le=256, description="torch intra-op threads when the engine runs "
+                                    "on the CPU (None: torch's default, one per core). One: measured on a busy "
+                                    "2-core machine, a second thread left the median tick as it was and made "
+                                    "its p99 up to 100x worse (spinning OpenMP threads of a shared machine).")
     custom_voices_dir: str | None = Field(None, description="Folder of extra WAV/.pt voices, listed by file stem.")
     default_voice: str = C.DEFAULT_VOICE
     default_persona: str = C.DEFAULT_PERSONA

@@ -291,6 +291,10 @@ class EngineRuntime:
         from bizra_voice.engine.calibrate import calibrate_slots
 
         config = models.config
+        if models.bundle.device.type == "cpu" and config.cpu_threads is not None:
+            import torch
+
+            torch.set_num_threads(config.cpu_threads)
         if models.bundle.device.type == "cuda" and config.memory_fraction is not None:
             import torch
 
