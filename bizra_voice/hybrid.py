@@ -15,8 +15,10 @@ must yield its first piece within ``deadline_ms`` or the turn falls back to stan
 ``router.decision`` with ``fallback: true`` says why). Streamed pieces become ``knowledge.answer`` events
 and, cut at word boundaries and re-tokenised with PersonaPlex's SentencePiece model, guidance tokens.
 
-Guidance is extended while it is being spoken by ``EngineGuidance``: one job on the engine's tick thread
-reads the progress and re-queues "the unsaid rest + the new words", so nothing is dropped or repeated.
+Where the parts live (one concern each): answer text -> PersonaPlex tokens, ``answer_tokens.py``; guidance
+extended while it is spoken without dropping or repeating a token, ``answer_guidance.py``; a turn's state
+and the callables' shapes, ``hybrid_turn.py``; this module, the controller (what happens when, and what the
+client is told when a call out fails or times out).
 """
 
 from __future__ import annotations
@@ -24,148 +26,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from bizra_voice import constants as C
+from bizra_voice.answer_guidance import MAX_GUIDE_TOKENS, EngineGuidance
+from bizra_voice.answer_tokens import AnswerTokenizer, speakable
+from bizra_voice.hybrid_turn import AnswerFn, EmitFn, RouteFn, TranscribeFn, TurnState
 from bizra_voice.memory import ConversationMemory
 from bizra_voice.turns import TurnConfig, TurnDetector, TurnEvent
 
+__all__ = ["AnswerTokenizer", "EngineGuidance", "HybridController", "MAX_GUIDE_TOKENS", "TurnState", "speakable"]
+
 log = logging.getLogger("ray.serve")
 
-MAX_GUIDE_TOKENS = 512  # the engine's guidance buffer (engine.batched.MAX_GUIDE_TOKENS)
 MAX_TYPED_CHARS = C.MAX_TYPED_CHARS
 MAX_PERSONA_CHARS = 600
 
-RouteFn = Callable[[str, str, "str | None", bool], Awaitable[dict]]  # (requested, text, previous route, typed)
-AnswerFn = Callable[[str, list, "str | None"], AsyncIterator[str]]
-TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]
-EmitFn = Callable[[dict], Awaitable[None]]
-
-_MARKUP = re.compile(r"[*_#`\[\]]+")
-
-
-def speakable(text: str) -> str:
-    """Answer text as it should be said: no markdown symbols, no system tags."""
-    return _MARKUP.sub("", text.replace(C.SYSTEM_TAG, " "))
-
-
-class AnswerTokenizer:
-    """Cuts a streamed answer at word boundaries and encodes complete words with SentencePiece.
-
-    Encoding word-complete chunks gives the same pieces as encoding the whole text (SentencePiece marks
-    each word start with '▁'), so speaking can start before the answer is complete.
-    """
-
-    def __init__(self, sp: Any) -> None:
-        self.sp = sp
-        size = sp.get_piece_size()
-        silent = {0, C.TEXT_PAD_ID}
-        for name in ("unk_id", "bos_id", "eos_id", "pad_id"):
-            value = getattr(sp, name)()
-            if value >= 0:
-                silent.add(value)
-        self._valid = lambda t: 0 <= t < size and t not in silent
-        self._pending = ""
-
-    def _encode(self, text: str) -> list[int]:
-        text = " ".join(text.split())
-        return [int(t) for t in self.sp.encode(text) if self._valid(int(t))] if text else []
-
-    def feed(self, piece: str) -> list[int]:
-        self._pending += speakable(piece)
-        stripped = self._pending.rstrip()
-        cut = max(stripped.rfind(" "), stripped.rfind("\n"))
-        if cut <= 0 or not stripped[:cut].strip():
-            return []
-        chunk, self._pending = self._pending[:cut], self._pending[cut:]
-        return self._encode(chunk)
-
-    def flush(self) -> list[int]:
-        chunk, self._pending = self._pending, ""
-        return self._encode(chunk)
-
-
-class EngineGuidance:
-    """One answer's guidance on one live session, extendable while it is being spoken.
-
-    ``live`` is a ``LiveSession``: the first words go through ``live.guide``; later words are appended by
-    one job on the tick thread that reads the progress and re-queues the unsaid rest plus the new tokens
-    (set + progress happen between two ticks, so no token is dropped or repeated).
-    """
-
-    def __init__(self, live: Any, max_tokens: int = MAX_GUIDE_TOKENS) -> None:
-        self.live = live
-        self.max_tokens = max_tokens
-        self.tokens: list[int] = []
-        self.base = 0  # index in ``tokens`` where the engine's current guidance starts
-        self.started = False
-        self.cancelled = False
-        self._lock = asyncio.Lock()
-
-    def _extend_on_tick_thread(self) -> int:
-        if self.cancelled:
-            return 0
-        engine, slot = self.live.runtime.engine, self.live.slot
-        said, _queued = engine.guidance_progress(slot)
-        pos = self.base + said
-        rest = self.tokens[pos:pos + self.max_tokens]
-        if not rest:
-            return 0
-        self.base = pos
-        return engine.set_guidance(slot, rest)
-
-    def _cancel_on_tick_thread(self) -> int:
-        if self.cancelled:
-            return self.base
-        self.cancelled = True
-        if not self.started:
-            return 0
-        engine, slot = self.live.runtime.engine, self.live.slot
-        said, _queued = engine.guidance_progress(slot)
-        engine.cancel_guidance(slot)
-        return self.base + said
-
-    async def extend(self, tokens: list[int]) -> int:
-        if not tokens or self.cancelled or self.live.closed:
-            return 0
-        async with self._lock:
-            self.tokens.extend(tokens)
-            if not self.started:
-                self.started = True
-                return await self.live.guide(self.tokens[: self.max_tokens])
-            return await asyncio.wrap_future(self.live.runtime._submit(self._extend_on_tick_thread))
-
-    async def cancel(self) -> int:
-        """Stop speaking; returns how many answer tokens were said before the cancel."""
-        async with self._lock:
-            if self.live.closed:
-                self.cancelled = True
-                return 0
-            return await asyncio.wrap_future(self.live.runtime._submit(self._cancel_on_tick_thread))
-
-
-@dataclass
-class TurnState:
-    turn_id: int
-    text: str
-    source: str
-    t_end: float  # end of the user turn (detected, or the typed message's arrival)
-    timings: dict[str, float] = field(default_factory=dict)
-    guidance: Any = None
-    total_tokens: int = 0
-    guided_frames: int = 0
-    answer_done: bool = False
-    t_first_piece: float | None = None
-    finished: bool = False
-
 
 class HybridController:
+    """Hybrid mode for one session: turns in, ``router.decision`` / ``knowledge.answer`` / ``guidance.*`` out.
+
+    Every failure of a call out (router, Qwen, Transcriber: an exception or a timeout) is told to the
+    client as an event with the reason and leaves the session running: the turn stays standalone, or an
+    answer cut short ends with what had arrived (``knowledge.answer`` done, ``cut``: why).
+    """
+
     def __init__(self, *, live: Any, emit: EmitFn, requested_mode: str, tokenizer: Any, route: RouteFn,
                  answer: AnswerFn | None, transcribe: TranscribeFn | None, persona: str | None = None,
                  deadline_ms: float = 1500.0, config: Any = None,
@@ -388,6 +277,9 @@ class HybridController:
         except StopAsyncIteration:
             await self._fallback(turn, user_turn, "the knowledge model (Qwen) returned an empty answer")
             return
+        except asyncio.CancelledError:  # superseded or cancelled before the first piece: Qwen stops too
+            _cancel_stream(stream)
+            raise
         except Exception as exc:
             _cancel_stream(stream)
             await self._fallback(turn, user_turn, f"the knowledge model (Qwen) failed ({type(exc).__name__})")
@@ -398,6 +290,7 @@ class HybridController:
         turn.guidance = self.guidance_factory(self.live)
         text = ""
         piece: str | None = first
+        cut: str | None = None  # why the answer stopped before its end (None: it was complete)
         deadline = self.clock() + self.config.answer_timeout_s
         try:
             while piece is not None:
@@ -407,14 +300,8 @@ class HybridController:
                 tokens = splitter.feed(piece)
                 turn.total_tokens += len(tokens)
                 await turn.guidance.extend(tokens)
-                remaining = deadline - self.clock()
-                try:
-                    piece = await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, remaining))
-                except StopAsyncIteration:
-                    piece = None
-        except asyncio.TimeoutError:
-            _cancel_stream(stream)
-        except asyncio.CancelledError:
+                piece, cut = await self._next_piece(stream, iterator, deadline)
+        except asyncio.CancelledError:  # barge-in, a client cancel or a newer turn: Qwen stops too
             _cancel_stream(stream)
             raise
         tail = splitter.flush()
@@ -422,11 +309,27 @@ class HybridController:
         await turn.guidance.extend(tail)
         turn.timings["qwen_total_ms"] = self._ms(t_ask)
         await self._send({"type": "knowledge.answer", "turn_id": turn.turn_id, "text": " ".join(text.split()),
-                          "done": True, "tokens": list(turn.guidance.tokens), "timings": dict(turn.timings)})
+                          "done": True, "tokens": list(turn.guidance.tokens), "timings": dict(turn.timings),
+                          **({"cut": cut} if cut else {})})
         turn.answer_done = True
         if turn.guided_frames >= turn.total_tokens:
             self._finish(turn, cancelled=False, said=turn.guided_frames,
                          reason="spoken" if turn.total_tokens else "nothing speakable in the answer")
+
+    async def _next_piece(self, stream: Any, iterator: Any, deadline: float) -> tuple[str | None, str | None]:
+        """The answer's next piece (None at its end) and, when Qwen is stopped early, why: a whole answer
+        may stream for ``answer_timeout_s``, and a replica failing mid-answer ends it with what it said."""
+        try:
+            return await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, deadline - self.clock())), None
+        except StopAsyncIteration:
+            return None, None
+        except asyncio.TimeoutError:
+            _cancel_stream(stream)
+            return None, (f"the knowledge model (Qwen) was still answering after {self.config.answer_timeout_s:g} s; "
+                          "the answer ends there")
+        except Exception as exc:  # a failing replica must not leave the turn unfinished
+            _cancel_stream(stream)
+            return None, f"the knowledge model (Qwen) failed mid-answer ({type(exc).__name__}); the answer ends there"
 
 
 def _cancel_stream(stream: Any) -> None:

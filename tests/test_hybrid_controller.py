@@ -1,5 +1,6 @@
-"""The per-session hybrid controller without Ray: fake router / Qwen / transcriber and a fake engine with
-the real guidance semantics (answer tokens replace the model's word tokens, in order)."""
+"""The per-session hybrid controller without Ray: scripted stand-ins for the router / Qwen / transcriber
+and a stand-in engine with the real guidance semantics (answer tokens replace the model's word tokens, in
+order). The SentencePiece model is the tiny checkpoint's (the real file layout), so nothing is skipped."""
 
 from __future__ import annotations
 
@@ -13,22 +14,24 @@ import pytest
 import sentencepiece as spm
 
 from bizra_voice.config import HybridConfig
-from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE
+from bizra_voice.constants import FRAME_SIZE, SAMPLE_RATE, TOKENIZER_FILENAME
 from bizra_voice.hybrid import AnswerTokenizer, HybridController
 from bizra_voice.turns import TurnEvent
-from tests._tiny import KIT
+from tests._tiny import tiny_checkpoint
 
-SP_MODEL = KIT / "model" / "tokenizer_spm_32k_3.model"
-pytestmark = pytest.mark.skipif(not SP_MODEL.exists(), reason="conformance kit not found")
-ANSWER = "The capital of France is **Paris**, a city on the Seine."
+# Every character of it is in the tiny tokenizer's vocabulary, so what is said decodes back to the text.
+ANSWER = "The weather is **calm** and clear. Thank you for calling, how can I help you today?"
+SPOKEN = "The weather is calm and clear. Thank you for calling, how can I help you today?"
 
 
 @pytest.fixture(scope="module")
 def sp():
-    return spm.SentencePieceProcessor(model_file=str(SP_MODEL))
+    return spm.SentencePieceProcessor(model_file=str(tiny_checkpoint() / TOKENIZER_FILENAME))
 
 
-class FakeEngine:
+class StandInEngine:
+    """The engine's guidance buffer of one slot: set, cancel, progress (as engine.batched does)."""
+
     def __init__(self) -> None:
         self.tokens: list[int] = []
         self.index = 0
@@ -53,12 +56,14 @@ class Frame:
     text_token: int
 
 
-class FakeLive:
+class StandInLive:
+    """A LiveSession on the stand-in engine; ``tick`` is one produced frame."""
+
     slot = 0
     closed = False
 
     def __init__(self, sp) -> None:
-        self.engine = FakeEngine()
+        self.engine = StandInEngine()
         self.runtime = self
         self.sp = sp
 
@@ -81,7 +86,7 @@ class FakeLive:
 
 def make(sp, *, mode="hybrid", answer_pieces=None, first_delay=0.0, transcribe=None, config=None,
          detect_turns=True):
-    live = FakeLive(sp)
+    live = StandInLive(sp)
     events: list[dict] = []
     calls = {"route": [], "answer": []}
 
@@ -129,6 +134,14 @@ async def settle():
         await asyncio.sleep(0)
 
 
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    """Wait for what the test is waiting for (bounded, generous: a busy machine only makes it later)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "the awaited event never came"
+        await asyncio.sleep(0.005)
+
+
 def types(events):
     return [e["type"] for e in events]
 
@@ -136,11 +149,12 @@ def types(events):
 def test_answer_tokenizer_matches_whole_text_encoding(sp):
     splitter = AnswerTokenizer(sp)
     streamed: list[int] = []
-    for piece in ["The cap", "ital of Fr", "ance is **Par", "is**, a city", " on the Seine."]:
+    for piece in ["The wea", "ther is **ca", "lm** and cl", "ear. Thank you", " for calling, how can I help",
+                  " you today?"]:
         streamed += splitter.feed(piece)
     streamed += splitter.flush()
-    expected = [t for t in sp.encode("The capital of France is Paris, a city on the Seine.") if t not in (0, 3)]
-    assert streamed == expected
+    expected = [t for t in sp.encode(SPOKEN) if t not in (0, 3)]
+    assert streamed == expected and len(expected) > 10
     assert AnswerTokenizer(sp).feed("word") == []  # an incomplete word waits
 
 
@@ -172,8 +186,7 @@ def test_typed_question_is_routed_answered_and_spoken_in_order(sp):
     assert partial == ANSWER
     said = [f.text_token for f in spoken if f.guided]
     assert said == done["tokens"] and len(said) > 5  # all of it, once, in order
-    assert "".join(sp.id_to_piece(t) for t in said).replace("▁", " ").strip() == \
-        "The capital of France is Paris, a city on the Seine."
+    assert "".join(sp.id_to_piece(t) for t in said).replace("▁", " ").strip() == SPOKEN
     started = next(e for e in events if e["type"] == "guidance.started")
     assert set(started["timings"]) >= {"transcribe_ms", "route_ms", "qwen_first_token_ms",
                                        "first_spoken_word_ms", "end_of_turn_to_first_word_ms"}
@@ -182,7 +195,7 @@ def test_typed_question_is_routed_answered_and_spoken_in_order(sp):
     # the memory holds the question and what was said (for the next turn's context)
     ctl.memory.close_assistant()
     assert [t.role for t in ctl.memory.turns] == ["user", "assistant"]
-    assert "capital of France is Paris" in ctl.memory.turns[1].text
+    assert ctl.memory.turns[1].text.startswith(SPOKEN)
 
 
 def test_standalone_never_calls_the_knowledge_model(sp):
@@ -205,7 +218,7 @@ def test_slow_first_token_falls_back_with_the_reason(sp):
     async def scenario():
         ctl, live, events, calls = make(sp, answer_pieces=["late "], first_delay=0.5)
         await ctl.on_user_text(None, {"type": "user.text", "text": "What is the capital of France?"})
-        await asyncio.sleep(0.4)
+        await until(lambda: len([e for e in events if e["type"] == "router.decision"]) == 2)
         await ctl.close()
         return events
 
@@ -292,7 +305,7 @@ def test_spoken_turn_goes_through_the_transcriber(sp):
         for _ in range(8):
             ctl.on_input_pcm(np.zeros(FRAME_SIZE, np.float32))
             await settle()
-        await asyncio.sleep(0.05)
+        await until(lambda: "knowledge.answer" in types(events))
         await ctl.close()
         return events
 

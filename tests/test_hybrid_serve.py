@@ -1,7 +1,8 @@
 """Hybrid mode end to end on the CPU dev profile through the real Ray Serve proxy.
 
 Tiny random models: the words are gibberish, so these check the plumbing, the events and the order of
-the guided tokens in the 0x02 stream — not what is said.
+the guided tokens in the 0x02 stream — not what is said. Every wait is for the event that matters, with a
+generous bound (``WAIT_S``): a slow or busy machine makes the answers later, not different.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bizra_voice.constants import FRAME_MS, FRAME_SIZE, SAMPLE_RATE, TOKENIZER_F
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WAV = SHARED / "audio" / "user_turn_en.wav"
 QUESTION = "What is the capital of France?"
+WAIT_S = 120.0  # the bound of a wait for the server (never a budget: the test waits for the event)
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +95,7 @@ class Conversation:
     def events(self, kind: str) -> list[dict]:
         return [p for k, p, _ in self.log if k == "event" and p.get("type") == kind]
 
-    async def wait(self, kind: str, timeout: float, where=lambda e: True) -> dict:
+    async def wait(self, kind: str, timeout: float = WAIT_S, where=lambda e: True) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events(kind) if where(e)]
@@ -106,6 +108,22 @@ class Conversation:
             self._new.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new.wait(), timeout=0.2)
+
+    def texts_since(self, kind: str) -> list[str]:
+        """The 0x02 text pieces received after the first ``kind`` event."""
+        t0 = next(t for k, p, t in self.log if k == "event" and p.get("type") == kind)
+        return [p for k, p, t in self.log if k == "text" and t >= t0]
+
+    async def wait_spoken(self, pieces: list[str], since: str, timeout: float = WAIT_S) -> list[str]:
+        """Wait until ``pieces`` appear, in order, in the text stream after ``since`` (the last guided
+        frame's 0x02 text may follow guidance.ended); return that stream."""
+        deadline = time.monotonic() + timeout
+        while not is_subsequence(pieces, self.texts_since(since)):
+            assert time.monotonic() < deadline, first_gap(pieces, self.texts_since(since))
+            self._new.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._new.wait(), timeout=0.2)
+        return self.texts_since(since)
 
 
 def sp_pieces(cpu_args: dict, tokens: list[int]) -> list[str]:
@@ -141,10 +159,10 @@ def test_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
     async def scenario():
         async with Conversation(chat_url(cpu_server, mode="hybrid", seed=7, text_prompt="You are a guide.")) as c:
             await c.send_event({"type": "user.text", "text": QUESTION})
-            done = await c.wait("knowledge.answer", 30, lambda e: e.get("done"))
-            ended = await c.wait("guidance.ended", 40)
-            # guidance.ended is sent as the last guided frame comes out; that frame's 0x02 text may follow it.
-            await asyncio.sleep(0.5)
+            done = await c.wait("knowledge.answer", where=lambda e: e.get("done"))
+            ended = await c.wait("guidance.ended")
+            # the answer's tokens appear, in order, in the 0x02 text stream after the decision
+            await c.wait_spoken(sp_pieces(cpu_args, done["tokens"]), since="router.decision")
             return c, done, ended
 
     c, done, ended = asyncio.run(scenario())
@@ -156,11 +174,7 @@ def test_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
     assert partials and "".join(e["delta"] for e in partials).split() == done["text"].split()
     assert done["text"] and done["tokens"] and set(done["timings"]) >= {"route_ms", "qwen_first_token_ms"}
     assert ended["cancelled"] is False and ended["said_tokens"] == ended["total_tokens"] == len(done["tokens"])
-    # the answer's tokens appear, in order, in the 0x02 text stream after the decision
-    t_decision = next(t for k, p, t in c.log if k == "event" and p.get("type") == "router.decision")
-    texts = [p for k, p, t in c.log if k == "text" and t >= t_decision]
-    expected = sp_pieces(cpu_args, done["tokens"])
-    assert is_subsequence(expected, texts), first_gap(expected, texts)
+    assert "cut" not in done  # the whole answer arrived
     started = c.events("guidance.started")[0]["timings"]
     print("\nlatency (typed question, CPU):", json.dumps(started))
 
@@ -171,24 +185,26 @@ def test_standalone_session_never_calls_qwen(cpu_server):
     async def scenario():
         async with Conversation(chat_url(cpu_server, mode="standalone")) as c:
             await c.send_event({"type": "user.text", "text": QUESTION})
-            decision = await c.wait("router.decision", 15)
-            await asyncio.sleep(1.5)
-            return c, decision
+            decision = await c.wait("router.decision")
+            # The turn's decision is the last step of a standalone turn: Qwen would be asked right after
+            # sending it, in the same task. So what Qwen has answered now is final for this turn.
+            answers = await asyncio.to_thread(qwen_answers, "bizra")
+            return c, decision, answers
 
-    c, decision = asyncio.run(scenario())
+    c, decision, answers = asyncio.run(scenario())
     assert decision["mode"] == "standalone" and "never called" in decision["reason"]
     assert not c.events("knowledge.answer") and not c.events("guidance.started")
-    assert qwen_answers("bizra") == before
+    assert answers == before
 
 
 def test_barge_in_stops_the_guidance(cpu_server):
     async def scenario():
         async with Conversation(chat_url(cpu_server, mode="hybrid", seed=3)) as c:
             await c.send_event({"type": "user.text", "text": "Explain, at length, how the tides work?"})
-            await c.wait("guidance.started", 30)
+            await c.wait("guidance.started")
             c.say(speech()[: 2 * SAMPLE_RATE])  # the user talks over the answer
-            flush = await c.wait("playback.flush", 10)
-            ended = await c.wait("guidance.ended", 10)
+            flush = await c.wait("playback.flush")
+            ended = await c.wait("guidance.ended")
             return flush, ended
 
     flush, ended = asyncio.run(scenario())
@@ -198,24 +214,38 @@ def test_barge_in_stops_the_guidance(cpu_server):
 
 
 def test_spoken_turn_is_transcribed_and_routed(cpu_server):
+    """A spoken question goes through the Transcriber, then the router, then Qwen. The tiny random Whisper
+    may write nothing down for a turn: that turn ends at its empty transcript (no turn id, no decision:
+    tests/test_hybrid_errors.py covers that path), and the user speaks again, as a user would."""
+
     async def scenario():
         async with Conversation(chat_url(cpu_server, mode="hybrid", seed=5)) as c:
-            c.say(speech())
-            transcript = await c.wait("transcript.user", 60, lambda e: e.get("source") == "speech")
-            decision = await c.wait("router.decision", 20)
-            started = await c.wait("guidance.started", 30) if transcript["text"] else None
-            return transcript, decision, started
+            heard: list[dict] = []
+            for _ in range(4):
+                c.say(speech())
+                transcript = await c.wait("transcript.user",
+                                          where=lambda e: e.get("source") == "speech" and e not in heard)
+                heard.append(transcript)
+                if transcript["text"]:
+                    break
+            decision = await c.wait("router.decision", where=lambda e: e["turn_id"] == transcript.get("turn_id"))
+            started = await c.wait("guidance.started", where=lambda e: e["turn_id"] == decision["turn_id"])
+            return heard, decision, started
 
-    transcript, decision, started = asyncio.run(scenario())
-    assert isinstance(transcript["text"], str) and transcript["final"] is True
-    # the random model talks all the time, so PersonaPlex's turn-taking may end the turn at the first pause
-    assert transcript["audio_s"] > 0.5 and transcript["speech_ms"] >= 240
-    assert transcript["end_reason"] in ("silence", "assistant") and transcript["transcribe_ms"] > 0
-    if transcript["text"]:  # random Whisper: an empty transcript ends the turn there
-        assert decision["mode"] == "hybrid" and decision["turn_id"] == transcript["turn_id"]
-        timings = started["timings"]
-        assert timings["transcribe_ms"] > 0 and timings["end_of_turn_to_first_word_ms"] >= timings["transcribe_ms"]
-        print("\nlatency (spoken turn, CPU):", json.dumps(timings))
+    heard, decision, started = asyncio.run(scenario())
+    transcript = heard[-1]
+    assert transcript["text"], f"the random Whisper wrote nothing down {len(heard)} times in a row: {heard}"
+    for empty in heard[:-1]:  # an empty transcript starts no turn
+        assert empty["text"] == "" and "turn_id" not in empty, empty
+    for each in heard:
+        assert isinstance(each["text"], str) and each["final"] is True
+        # the random model talks all the time, so PersonaPlex's turn-taking may end the turn at the first pause
+        assert each["audio_s"] > 0.5 and each["speech_ms"] >= 240
+        assert each["end_reason"] in ("silence", "assistant") and each["transcribe_ms"] > 0
+    assert decision["mode"] == "hybrid" and decision["turn_id"] == transcript["turn_id"]
+    timings = started["timings"]
+    assert timings["transcribe_ms"] > 0 and timings["end_of_turn_to_first_word_ms"] >= timings["transcribe_ms"]
+    print("\nlatency (spoken turn, CPU):", json.dumps(timings))
 
 
 def test_qwen_deadline_and_dead_replica_keep_turns_standalone(cpu_server, cpu_args):
@@ -224,36 +254,34 @@ def test_qwen_deadline_and_dead_replica_keep_turns_standalone(cpu_server, cpu_ar
     from ray import serve
 
     from bizra_voice.app import build_app
-    from tests.conftest import wait_http
+    from tests.conftest import wait_ready
 
     args = copy.deepcopy(cpu_args)
-    args["router"]["deadline_ms"] = 1.0
+    # 1 s status timeout, as shipped: a killed Qwen is reported unhealthy before Serve restarts it
+    args["router"].update(deadline_ms=1.0, status_timeout_s=1.0)
     args["transcriber"]["enabled"] = False
     args["voice_server"]["debug_record_dir"] = None
     serve.run(build_app(args), name="bizra-fault", route_prefix="/fault", blocking=False)
     base = cpu_server + "/fault"
     try:
-        wait_http(base + "/api/health", timeout_s=120)
+        wait_ready(base)
 
-        async def one_turn() -> list[dict]:
+        async def one_turn() -> tuple[dict, list[dict]]:
             async with Conversation(chat_url(base, mode="hybrid")) as c:
                 await c.send_event({"type": "user.text", "text": QUESTION})
-                await c.wait("router.decision", 20, lambda e: e["mode"] == "standalone")
-                await asyncio.sleep(0.5)
-                return c.events("router.decision")
+                final = await c.wait("router.decision", where=lambda e: e["mode"] == "standalone")
+                return final, c.events("router.decision")
 
-        decisions = asyncio.run(one_turn())
-        final = decisions[-1]
-        assert final["mode"] == "standalone" and "deadline" in final["reason"], decisions
+        final, decisions = asyncio.run(one_turn())
+        assert "deadline" in final["reason"], decisions
 
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if "bizra-fault" in a["name"] and "QwenKnowledge" in a["name"]]
         assert names, "no QwenKnowledge replica found for the fault app"
         for name in names:
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-        decisions = asyncio.run(one_turn())
-        final = decisions[-1]
-        assert final["mode"] == "standalone" and "unhealthy" in final["reason"], decisions
+        final, decisions = asyncio.run(one_turn())
+        assert "unhealthy" in final["reason"], decisions
     finally:
         serve.delete("bizra-fault")
 
@@ -320,7 +348,7 @@ class RealtimeConversation:
         await self.conn.conversation.item.create(item={"type": "message", "role": "user",
                                                        "content": [{"type": "input_text", "text": text}]})
 
-    async def wait(self, kind: str, timeout: float) -> dict:
+    async def wait(self, kind: str, timeout: float = WAIT_S) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events if e["type"] == kind]
@@ -334,6 +362,20 @@ class RealtimeConversation:
     def index(self, kind: str) -> int:
         return [e["type"] for e in self.events].index(kind)
 
+    def spoken_since(self, kind: str) -> list[str]:
+        """The transcript deltas (what PersonaPlex said) received after the first ``kind`` event."""
+        t0 = self.arrival[self.index(kind)]
+        return [e["delta"] for e, t in zip(self.events, self.arrival, strict=False)
+                if e["type"] == "response.output_audio_transcript.delta" and t >= t0]
+
+    async def wait_spoken(self, pieces: list[str], since: str, timeout: float = WAIT_S) -> None:
+        """Wait until ``pieces`` appear, in order, in what was said after ``since`` (the last guided
+        frame's text follows bizra.guidance.ended)."""
+        deadline = time.monotonic() + timeout
+        while not is_subsequence(pieces, self.spoken_since(since)):
+            assert time.monotonic() < deadline, first_gap(pieces, self.spoken_since(since))
+            await asyncio.sleep(0.05)
+
 
 def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cpu_args):
     """A Realtime client types a question (conversation.item.create) in a hybrid session: the item is
@@ -344,10 +386,11 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
     async def scenario():
         async with RealtimeConversation(cpu_server, {"type": "realtime", "instructions": "You are a guide.",
                                                      "mode": "hybrid"}) as c:
-            await asyncio.sleep(0.5)
+            await c.wait("session.updated")
             await c.type(QUESTION)
-            await c.wait("bizra.guidance.ended", 60)
-            await asyncio.sleep(0.5)  # the last guided frame's text follows guidance.ended
+            await c.wait("bizra.guidance.ended")
+            done = next(e for e in c.events if e["type"] == "bizra.knowledge.answer" and e.get("done"))
+            await c.wait_spoken(sp_pieces(cpu_args, done["tokens"]), since="bizra.router.decision")
 
         async with realtime_client(cpu_server).realtime.connect(model="personaplex-7b-v1") as conn:
             await conn.session.update(session={"type": "realtime", "mode": "standalone"})
@@ -361,7 +404,7 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
         return c, refused
 
     c, refused = asyncio.run(scenario())
-    events, arrival = c.events, c.arrival
+    events = c.events
     kinds = [e["type"] for e in events]
     assert "error" not in kinds
     added = [e for e in events if e["type"] == "conversation.item.added" and e["item"]["role"] == "user"]
@@ -372,9 +415,7 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
     done = next(e for e in events if e["type"] == "bizra.knowledge.answer" and e.get("done"))
     ended = next(e for e in events if e["type"] == "bizra.guidance.ended")
     assert done["tokens"] and ended["cancelled"] is False and ended["said_tokens"] == len(done["tokens"])
-    t_decision = arrival[kinds.index("bizra.router.decision")]
-    spoken = [e["delta"] for e, t in zip(events, arrival, strict=True)
-              if e["type"] == "response.output_audio_transcript.delta" and t >= t_decision]
+    spoken = c.spoken_since("bizra.router.decision")
     expected = sp_pieces(cpu_args, done["tokens"])
     assert is_subsequence(expected, spoken), first_gap(expected, spoken)
     started = next(e for e in events if e["type"] == "bizra.guidance.started")
@@ -385,17 +426,17 @@ def test_realtime_typed_question_is_answered_in_the_persona_voice(cpu_server, cp
 
 def test_realtime_barge_in_cancels_the_guided_answer(cpu_server):
     """Speech over a guided answer on /v1/realtime: speech_started, the rest of the answer is cancelled
-    (bizra.guidance.ended cancelled), and the response that was playing ends as cancelled/turn_detected."""
+    (bizra.guidance.ended cancelled), and no response is left open: one still playing at the flush is
+    closed as cancelled/turn_detected just before the flush event."""
 
     async def scenario():
         async with RealtimeConversation(cpu_server, {"type": "realtime", "mode": "hybrid"}) as c:
-            await asyncio.sleep(0.5)
+            await c.wait("session.updated")
             await c.type("Explain, at length, how the tides work?")
-            await c.wait("bizra.guidance.started", 30)
+            await c.wait("bizra.guidance.started")
             c.say(speech()[: 2 * SAMPLE_RATE])  # the user talks over the answer
-            await c.wait("bizra.playback.flush", 10)
-            await c.wait("bizra.guidance.ended", 10)
-            await asyncio.sleep(0.3)
+            await c.wait("bizra.playback.flush")
+            await c.wait("bizra.guidance.ended")
         return c
 
     c = asyncio.run(scenario())
@@ -406,20 +447,33 @@ def test_realtime_barge_in_cancels_the_guided_answer(cpu_server):
     ended = next(e for e in c.events if e["type"] == "bizra.guidance.ended")
     assert ended["cancelled"] is True and ended["reason"] == "barge-in"
     assert 1 <= ended["said_tokens"] < ended["total_tokens"], ended
-    # the response playing at the barge-in is closed as cancelled just before the flush event
-    previous = c.events[flush_at - 1]
-    cancelled = previous["type"] == "response.done" and previous["response"]["status"] == "cancelled"
-    print(f"\nresponse cancelled by the barge-in: {cancelled}; events: {kinds[flush_at - 6:flush_at + 2]}")
-    if cancelled:
-        assert previous["response"]["status_details"]["reason"] == "turn_detected"
-        assert kinds[flush_at - 6:flush_at] == ["response.output_audio.done", "response.output_audio_transcript.done",
-                                                "response.content_part.done", "response.output_item.done",
-                                                "conversation.item.done", "response.done"]
-        assert c.events[flush_at - 2]["item"]["status"] == "incomplete"
-    else:  # then nothing was playing: no response open at that moment
-        opened = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.created"]
-        closed = [i for i, k in enumerate(kinds[:flush_at]) if k == "response.done"]
-        assert not opened or (closed and closed[-1] > opened[-1]), kinds[flush_at - 5:flush_at + 1]
+    # The response playing at the barge-in is closed as cancelled/turn_detected before the flush; frames
+    # that speak after the cancel may open a new one (their events can interleave with the closing ones).
+    open_response, open_since, cancelled = None, None, []
+    for i, event in enumerate(c.events[:flush_at]):
+        if event["type"] == "response.created":
+            assert open_response is None, "two responses open at once"
+            open_response, open_since = event["response"]["id"], i
+        elif event["type"] == "response.done":
+            assert event["response"]["id"] == open_response
+            if event["response"]["status"] == "cancelled":
+                cancelled.append(i)
+            open_response = None
+    onset = kinds.index("input_audio_buffer.speech_started")
+    assert len(cancelled) <= 1, cancelled
+    for at in cancelled:
+        done = c.events[at]["response"]
+        assert at > onset and done["status_details"]["reason"] == "turn_detected", done
+        closing = [e["type"] for e in c.events[onset:at] if e.get("response_id") == done["id"]
+                   and e["type"].endswith(".done")]
+        assert closing == ["response.output_audio.done", "response.output_audio_transcript.done",
+                           "response.content_part.done", "response.output_item.done"], closing
+        item = next(e["item"] for e in c.events[onset:at] if e["type"] == "conversation.item.done"
+                    and e["item"]["role"] == "assistant")
+        assert item["status"] == "incomplete", item
+    # whatever is open at the flush was opened after the cancel (or, with nothing playing, after the onset)
+    assert open_response is None or open_since > (cancelled[0] if cancelled else onset), (open_since, cancelled)
+    print(f"\nresponse cancelled by the barge-in: {bool(cancelled)}; events: {kinds[flush_at - 7:flush_at + 1]}")
 
 
 def test_realtime_response_cancel_stops_the_guided_answer_and_truncate_is_acknowledged(cpu_server):
@@ -428,14 +482,14 @@ def test_realtime_response_cancel_stops_the_guided_answer_and_truncate_is_acknow
 
     async def scenario():
         async with RealtimeConversation(cpu_server, {"type": "realtime", "mode": "hybrid"}) as c:
-            await asyncio.sleep(0.5)
+            await c.wait("session.updated")
             await c.type("Explain, at length, how the tides work?")
-            await c.wait("bizra.guidance.started", 30)
+            await c.wait("bizra.guidance.started")
             await c.conn.response.cancel()
-            ended = await c.wait("bizra.guidance.ended", 10)
+            ended = await c.wait("bizra.guidance.ended")
             playing = [e for e in c.events if e["type"] == "response.output_item.added"][-1]["item"]["id"]
             await c.conn.conversation.item.truncate(item_id=playing, content_index=0, audio_end_ms=80)
-            truncated = await c.wait("conversation.item.truncated", 10)
+            truncated = await c.wait("conversation.item.truncated")
             return c, ended, playing, truncated
 
     c, ended, playing, truncated = asyncio.run(scenario())

@@ -23,7 +23,7 @@ SCRIPT = Path(__file__).resolve().parent / "_scaling_cluster.py"
 
 def test_fractional_replicas_on_two_gpus_and_sessions_spread(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "cache")], capture_output=True,
-                          text=True, timeout=240, env=dict(os.environ, BIZRA_SCALING_PORT=str(free_port())))
+                          text=True, timeout=600, env=dict(os.environ, BIZRA_SCALING_PORT=str(free_port())))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SCALING_REPORT ")), None)
     assert line is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(line.split(" ", 1)[1])

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from bizra_voice.config import QwenConfig
+from bizra_voice.serve.cpu_share import yield_cpu_to_the_engine
 from bizra_voice.serve.model_cache import pick_device
 
 log = logging.getLogger("ray.serve")
@@ -35,6 +36,7 @@ class QwenKnowledge:
 
         self.config = QwenConfig.model_validate(config)
         device = pick_device(self.config.device, self.config.gpu_memory_fraction)
+        yield_cpu_to_the_engine(device, "QwenKnowledge")  # CPU: one thread, lower priority than the engine
         if self.config.tiny_random:
             from bizra_voice.serve.tiny_qwen import make_tiny_qwen
 

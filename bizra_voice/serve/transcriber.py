@@ -17,6 +17,7 @@ import numpy as np
 from ray import serve
 
 from bizra_voice.config import TranscriberConfig
+from bizra_voice.serve.cpu_share import yield_cpu_to_the_engine
 from bizra_voice.serve.model_cache import pick_device
 
 log = logging.getLogger("ray.serve")
@@ -33,6 +34,7 @@ class Transcriber:
 
         self.config = TranscriberConfig.model_validate(config)
         device = pick_device(self.config.device, self.config.gpu_memory_fraction)
+        yield_cpu_to_the_engine(device, "Transcriber")  # CPU: one thread, lower priority than the engine
         if self.config.tiny_random:
             from bizra_voice.serve.tiny_whisper import make_tiny_whisper
 

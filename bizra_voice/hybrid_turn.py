@@ -1,0 +1,36 @@
+"""The state of one hybrid-mode user turn and the shapes of the calls the controller makes (pure).
+
+``HybridController`` (bizra_voice/hybrid.py) reaches the router, Qwen and the Transcriber only through
+these async callables, so it runs — and is tested — without Ray; Serve handle calls are plugged in by
+bizra_voice/serve/hybrid_wiring.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RouteFn = Callable[[str, str, "str | None", bool], Awaitable[dict]]  # (requested, text, previous route, typed)
+AnswerFn = Callable[[str, list, "str | None"], AsyncIterator[str]]  # (question, context, persona) -> pieces
+TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]  # (pcm, sample rate) -> {"text", "ms", ...}
+EmitFn = Callable[[dict], Awaitable[None]]  # one event to the client
+
+
+@dataclass
+class TurnState:
+    """One user turn, from its text to the end of the spoken answer (or its cancellation)."""
+
+    turn_id: int
+    text: str
+    source: str  # "speech" | "typed"
+    t_end: float  # end of the user turn (detected, or the typed message's arrival)
+    timings: dict[str, float] = field(default_factory=dict)
+    guidance: Any = None  # the answer's EngineGuidance once Qwen's first piece arrived
+    total_tokens: int = 0  # answer tokens handed to the engine so far
+    guided_frames: int = 0  # frames the engine spoke from the answer so far
+    answer_done: bool = False
+    t_first_piece: float | None = None
+    finished: bool = False  # guidance.ended was sent
