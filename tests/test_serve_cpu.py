@@ -309,3 +309,30 @@ def test_side_models_on_the_cpu_yield_to_the_engine():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["threads"] == 1 and report["applied"]["torch_threads"] == 1
     assert set(report["nices"]) == {report["expected"]} and report["later"] == report["expected"], report
+
+
+def test_the_engine_replica_takes_back_the_priority_ray_lowered():
+    """Ray starts workers at nice 15; the VoiceServer replica raises itself to nice 0 before its tick thread
+    starts (serve/cpu_share.py) when it may (root), and keeps Ray's niceness with a warning when it may not."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, threading, json\n"
+        "os.nice(15 - os.nice(0))\n"
+        "from bizra_voice.serve.cpu_share import ENGINE_NICE, claim_cpu_for_the_engine\n"
+        "early = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True); early.start()\n"
+        "now = claim_cpu_for_the_engine()\n"
+        "later = []\n"
+        "t = threading.Thread(target=lambda: later.append(os.getpriority(os.PRIO_PROCESS, 0))); t.start(); t.join()\n"
+        "nices = sorted({os.getpriority(os.PRIO_PROCESS, int(x)) for x in os.listdir('/proc/self/task')})\n"
+        "print(json.dumps({'now': now, 'nices': nices, 'later': later[0], 'root': os.geteuid() == 0}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = 0 if report["root"] else 15
+    assert report["now"] == expected and report["nices"] == [expected] and report["later"] == expected, report
+    if not report["root"]:
+        assert "RAY_worker_niceness=0" in out.stderr

@@ -62,3 +62,36 @@ def _renice_process(increment: int) -> int:
         with contextlib.suppress(OSError):  # a thread that just ended, or a platform without per-thread nice
             os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+ENGINE_NICE = 0  # the engine replica's scheduling priority: that of an ordinary process
+
+
+def claim_cpu_for_the_engine() -> int | None:
+    """Raise this (VoiceServer) replica back to ``ENGINE_NICE`` when Ray started it lower.
+
+    Ray starts every worker at nice 15 (``RAY_worker_niceness``), so without this the engine's tick thread
+    loses the CPU to any ordinary process on the machine (a browser, a test client, a build). Raising the
+    priority needs CAP_SYS_NICE (root has it); without it the replica keeps Ray's niceness and says so —
+    start Ray with ``RAY_worker_niceness=0`` then. Call it before the engine's threads start (they inherit
+    it). Returns the niceness now in effect, or None when it could not be read.
+    """
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+    except OSError:
+        return None
+    if current <= ENGINE_NICE:
+        return current
+    tasks = Path("/proc/self/task")
+    tids = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]
+    try:
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, ENGINE_NICE)
+    except PermissionError:
+        log.warning("the engine replica runs at nice %d (Ray's worker niceness) and may not raise it; start "
+                    "Ray with RAY_worker_niceness=0 so the tick thread is not starved by other processes",
+                    current)
+        return current
+    log.info("engine replica priority raised from nice %d to %d", current, ENGINE_NICE)
+    return os.getpriority(os.PRIO_PROCESS, 0)

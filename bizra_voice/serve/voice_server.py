@@ -149,6 +149,9 @@ class VoiceServer:
             engine_config = engine_config.model_copy(update={"memory_fraction": share})
         if self.config.cpu_dev:
             log.warning(CPU_DEV_WARNING)
+        from bizra_voice.serve.cpu_share import claim_cpu_for_the_engine
+
+        claim_cpu_for_the_engine()  # before the tick thread starts: it inherits the priority
         self.runtime = EngineRuntime.create(engine_config)
         self.engine_config = engine_config
         vs = self.config.voice_server
