@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -320,3 +321,15 @@ def cpu_server(ray_session, cpu_args) -> str:
     os.environ["BIZRA_TEST_CPU_SERVER_START_S"] = f"{time.monotonic() - started:.2f}"
     yield BASE_URL
     serve.delete("bizra")
+
+
+@pytest.fixture
+def serve_log(caplog):
+    """``caplog`` listening on the ``ray.serve`` logger itself: once Ray has configured that logger (any
+    earlier test in this process may have) it no longer propagates to the root logger caplog watches."""
+    logger = logging.getLogger("ray.serve")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

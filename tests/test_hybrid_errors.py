@@ -39,11 +39,11 @@ def sp():
 
 
 @pytest.fixture(autouse=True)
-def no_failed_tasks(caplog):
+def no_failed_tasks(serve_log):
     """Every error path is handled inside the turn: nothing may end up as a failed background task."""
-    caplog.set_level(logging.ERROR, logger="ray.serve")
+    serve_log.set_level(logging.ERROR, logger="ray.serve")
     yield
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert not [r for r in serve_log.records if r.levelno >= logging.ERROR], serve_log.text
 
 
 class ScriptedStream:

@@ -195,7 +195,7 @@ def assert_server_ended(ws: MemorySocket, close_code: int, code: str) -> dict[st
     return errors[-1]
 
 
-def test_engine_fell_behind_is_told_1013_and_logged(runtime, monkeypatch, caplog):
+def test_engine_fell_behind_is_told_1013_and_logged(runtime, monkeypatch, serve_log):
     """The engine steps slower than real time and stays behind past behind_grace_s."""
     monkeypatch.setattr(runtime.config, "behind_grace_s", 0.4)
     monkeypatch.setattr(runtime.config, "behind_frames", 2)
@@ -206,7 +206,7 @@ def test_engine_fell_behind_is_told_1013_and_logged(runtime, monkeypatch, caplog
         return tick(*args, **kwargs)
 
     monkeypatch.setattr(runtime.engine, "tick", slow_tick)
-    caplog.set_level(logging.WARNING, logger="ray.serve")
+    serve_log.set_level(logging.WARNING, logger="ray.serve")
 
     async def scenario():
         session, ws = connect(InProcessHost(runtime))
@@ -220,7 +220,7 @@ def test_engine_fell_behind_is_told_1013_and_logged(runtime, monkeypatch, caplog
     error = assert_server_ended(ws, 1013, "server_overloaded")
     assert "behind" in error["error"]["message"]
     assert runtime.active_sessions == 0
-    ended = [r for r in caplog.records if "ended by the server: close 1013" in r.getMessage()]
+    ended = [r for r in serve_log.records if "ended by the server: close 1013" in r.getMessage()]
     assert ended and session.engine.session_id in ended[0].getMessage()
 
 
