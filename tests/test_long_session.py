@@ -153,3 +153,71 @@ def test_a_neighbour_reanchoring_does_not_disturb_a_session(short_context):
 def test_bundle_context_comes_from_the_checkpoint(short_context):
     bundle = load_bundle(resolve_local(short_context), torch.device("cpu"), torch.float32)
     assert bundle.context == CONTEXT
+
+
+def test_a_live_prompt_change_puts_the_new_persona_and_voice_at_the_start_of_the_context(short_context):
+    """``reprompt_steps`` (a live persona/voice change): afterwards the row's context begins with exactly
+    what a fresh session of the new prompt prefills (KV cache equal over the prompt), followed by the
+    conversation so far; a neighbour is not disturbed."""
+    models = LoadedModels.load(_config(short_context, reanchor_history=40, dtype="float64"))
+    old = models.prepare(SessionSpec(text_prompt="Be calm.", voice="SHORT"))
+    new = models.prepare(SessionSpec(text_prompt="You are a cheerful baker.", voice="NATM1"))
+    pcm = _frames(30, seed=5)
+
+    def kv(engine, slot, length):
+        layer = engine._lm_state["transformer.layers.0.self_attn"]
+        return layer.kv_cache.cache[:, slot, :, :length].clone()
+
+    fresh = BatchedEngine(models.bundle, 2)
+    fresh.start_slot(1, new, SamplingParams(greedy=True))
+    expected = kv(fresh, 1, new.length - 1)
+    fresh.close()
+
+    neighbour = []
+    engine = BatchedEngine(models.bundle, 2)
+    engine.keep_history(40, 16)
+    engine.prefill_chunk = 8
+    engine.start_slot(0, old, SamplingParams(greedy=True))
+    engine.start_slot(1, old, SamplingParams(greedy=True))
+    steps = None
+    for t in range(30):
+        if t == 10:
+            steps = engine.reprompt_steps(1, new)
+        if steps is not None and next(steps, "done") == "done":
+            steps = None
+            assert engine._prompts[1] is new
+            assert torch.allclose(kv(engine, 1, new.length - 1), expected, atol=1e-9)
+        r = engine.tick(np.stack([pcm[t], pcm[29 - t]]), np.array([True, True]))
+        neighbour.append((int(r.text[0]), r.agent[0].tolist()))
+    engine.close()
+    assert steps is None, "the change did not finish"
+
+    solo = BatchedEngine(models.bundle, 2)
+    solo.keep_history(40, 16)
+    solo.start_slot(0, old, SamplingParams(greedy=True))
+    alone = []
+    for t in range(30):
+        r = solo.tick(np.stack([pcm[t], pcm[29 - t]]), np.array([True, False]))
+        alone.append((int(r.text[0]), r.agent[0].tolist()))
+    solo.close()
+    assert neighbour == alone
+
+
+def test_a_failed_live_change_keeps_the_old_prompt(short_context, monkeypatch):
+    models = LoadedModels.load(_config(short_context))
+    old = models.prepare(SessionSpec(text_prompt="Be calm.", voice="SHORT"))
+    new = models.prepare(SessionSpec(text_prompt="Someone else.", voice="SHORT"))
+    engine = BatchedEngine(models.bundle, 1)
+    engine.keep_history(20, 16)
+    engine.start_slot(0, old, SamplingParams(greedy=True))
+
+    def broken(*_):
+        raise RuntimeError("prefill failed")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(engine, "_prefill_steps", broken)
+    with pytest.raises(RuntimeError):
+        for _ in engine.reprompt_steps(0, new):
+            pass
+    assert engine._prompts[0] is old and 0 not in engine._reanchoring
+    engine.close()

@@ -515,6 +515,18 @@ class BatchedEngine:
         self._reanchoring.add(slot)  # at once: the row must not ask for a second one meanwhile
         return self._reanchor_steps(slot)
 
+    def reprompt_steps(self, slot: int, prompt: PreparedPrompt) -> Iterator[None]:
+        """A live persona and/or voice change: re-anchor ``slot`` on ``prompt`` plus its recent conversation,
+        as resumable steps (the row keeps talking on its old context until the last step swaps the new one
+        in; the audio streams are not reset). If a step fails, the row keeps its old prompt."""
+        old = self._prompts[slot]
+        self._prompts[slot] = prompt
+        try:
+            yield from self.reanchor_steps(slot)
+        except BaseException:
+            self._prompts[slot] = old
+            raise
+
     def _reanchor_steps(self, slot: int) -> Iterator[None]:
         prompt = self._prompts[slot]
         assert prompt.voice is not None

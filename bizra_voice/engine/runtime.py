@@ -65,8 +65,8 @@ class _Prefill:
 
     session: LiveSession
     steps: Any  # iterator of the engine's resumable steps
-    kind: str  # "start" | "reanchor"
-    future: concurrent.futures.Future | None = None  # start: resolved with the seed
+    kind: str  # "start" | "reanchor" | "reprompt"
+    future: concurrent.futures.Future | None = None  # start: resolved with the seed; reprompt: when applied
 
 
 @dataclass
@@ -85,11 +85,13 @@ class LiveSession:
     """One conversation on one slot. ``push_pcm`` from the event loop; ``next_output`` awaits frames."""
 
     def __init__(self, runtime: EngineRuntime, session_id: str, slot: int, voice: str, seed: int,
-                 prompt_positions: int, loop: asyncio.AbstractEventLoop) -> None:
+                 prompt_positions: int, loop: asyncio.AbstractEventLoop, text_prompt: str = "") -> None:
         self.runtime = runtime
         self.session_id = session_id
         self.slot = slot
         self.voice = voice
+        self.text_prompt = text_prompt  # the persona as asked for ("" = the server's default)
+        self.prompt_changes = 0
         self.seed = seed
         self.prompt_positions = prompt_positions
         self.prefill_ms = 0.0
@@ -129,6 +131,32 @@ class LiveSession:
         if self.closed:
             raise self._closed_error()
         return await asyncio.wrap_future(self.runtime._submit(self.runtime.engine.set_guidance, self.slot, tokens))
+
+    async def update_prompt(self, text_prompt: str | None = None, voice: str | None = None) -> dict[str, Any]:
+        """Change the persona and/or the voice live: the slot is re-anchored on the new prompt plus the recent
+        conversation (between ticks, without resetting the audio streams). Raises ``BadSessionRequest`` for a
+        bad value, ``SessionClosed`` if the session ended; either way nothing changed.
+
+        Returns what changed and how long the re-prefill took.
+        """
+        if self.closed:
+            raise self._closed_error()
+        changed = [name for name, value in (("text_prompt", text_prompt), ("voice", voice)) if value is not None]
+        if not changed:
+            raise BadSessionRequest("session.update needs text_prompt and/or voice_prompt.")
+        spec = SessionSpec(text_prompt=self.text_prompt if text_prompt is None else text_prompt,
+                           voice=self.voice if voice is None else voice)
+        prompt = await asyncio.to_thread(self.runtime.models.prepare, spec)
+        started = time.perf_counter()
+        await asyncio.wrap_future(self.runtime._queue_reprompt(self, prompt))
+        if text_prompt is not None:
+            self.text_prompt = text_prompt
+        if voice is not None and prompt.voice is not None:
+            self.voice = prompt.voice.name
+        self.prompt_positions = prompt.length
+        self.prompt_changes += 1
+        return {"changed": changed, "voice": self.voice, "prompt_positions": prompt.length,
+                "prefill_ms": round((time.perf_counter() - started) * 1000, 1)}
 
     async def cancel_guidance(self) -> int:
         """Barge-in: drop the rest of the guidance; returns how many tokens were left unsaid."""
@@ -356,7 +384,7 @@ class EngineRuntime:
             prompt = await asyncio.to_thread(self.models.prepare, spec)
             loop = asyncio.get_running_loop()
             session = LiveSession(self, session_id, slot, prompt.voice.name if prompt.voice else "", 0,
-                                  prompt.length, loop)
+                                  prompt.length, loop, spec.text_prompt)
             started = time.perf_counter()
             seed = await asyncio.wrap_future(self._queue_start(session, prompt, spec))
         except BaseException:
@@ -440,6 +468,18 @@ class EngineRuntime:
             self._wake.notify()
         return future
 
+    def _queue_reprompt(self, session: LiveSession, prompt: Any) -> concurrent.futures.Future:
+        """Queue a live prompt change of ``session``'s slot; the future resolves once it is in effect."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            if session.closed or self._live.get(session.slot) is None:
+                future.set_exception(session._closed_error())
+                return future
+            steps = self.engine.reprompt_steps(session.slot, prompt)
+            self._prefills.append(_Prefill(session, steps, "reprompt", future))
+            self._wake.notify()
+        return future
+
     def _release(self, session: LiveSession) -> None:
         with self._wake:
             state = self._live.get(session.slot)
@@ -488,6 +528,8 @@ class EngineRuntime:
                     continue
                 if task.kind == "start" and task.future is not None and not task.future.done():
                     task.future.set_result(self.engine._started_seed)
+                elif task.kind == "reprompt" and task.future is not None and not task.future.done():
+                    task.future.set_result(None)
                 elif task.kind == "reanchor":
                     task.session.reanchors += 1
                     self.reanchors += 1
@@ -500,6 +542,12 @@ class EngineRuntime:
             self._prefills.remove(task)
 
     def _prefill_failed(self, task: _Prefill, exc: Exception) -> None:
+        if task.kind == "reprompt":  # the row kept its old context: tell the caller, the session goes on
+            log.error("live prompt change of session %s failed", task.session.session_id, exc_info=exc)
+            if task.future is not None and not task.future.done():
+                task.future.set_exception(EngineError(f"the new prompt could not be applied ({type(exc).__name__}); "
+                                                      "the session keeps its old one"))
+            return
         if task.kind == "start":
             if task.future is not None and not task.future.done():
                 task.future.set_exception(exc)

@@ -317,6 +317,10 @@ class VoiceServer:
         from bizra_voice.serve.hybrid_wiring import attach_hybrid
 
         hybrid = attach_hybrid(self, session, live, params)
+        from bizra_voice.serve.live_update import UPDATE_EVENT, LiveUpdates
+
+        updates = LiveUpdates(out, tapped, hybrid, self.engine_config.default_persona, recorder)
+        session.on(UPDATE_EVENT, updates.on_event)
         try:
             decision = await decision_task
             if early.done():  # it arrived before the handshake was sent
@@ -346,6 +350,7 @@ class VoiceServer:
             self._open.pop(live.session_id, None)
             if not early.done():
                 early.cancel()
+            await updates.close()
             await hybrid.close()
             await live.close()
             if recorder is not None:
