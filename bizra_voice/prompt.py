@@ -104,3 +104,12 @@ def delayed_columns(text: np.ndarray, agent: np.ndarray, user: np.ndarray, start
     cols[2:9, positions <= 1] = initial_audio
     cols[10:17, positions <= 1] = initial_audio
     return cols
+
+
+def extend_timeline(timeline: PromptTimeline, frames: np.ndarray) -> PromptTimeline:
+    """``timeline`` followed by conversation frames [T, 17] (text, agent 8, user 8)."""
+    if not len(frames):
+        return timeline
+    return type(timeline)(text=np.concatenate([timeline.text, frames[:, 0]]),
+                          agent=np.concatenate([timeline.agent, frames[:, 1:9]]),
+                          user=np.concatenate([timeline.user, frames[:, 9:17]]), voice_frames=timeline.voice_frames)

@@ -22,9 +22,9 @@ from moshi.modules.transformer import RingKVCache
 from bizra_voice import constants as C
 from bizra_voice.engine.api import MAX_AUDIO_TOPK, MAX_TEXT_TOPK, SamplingParams
 from bizra_voice.engine.loading import ModelBundle
-from bizra_voice.engine.prefix import PrefixStates, bucket_for, buckets
+from bizra_voice.engine.prefix import PrefixStates, Rows, bucket_for, buckets, pad_rows
 from bizra_voice.engine.sampling import SlotSampling, sample_tokens
-from bizra_voice.prompt import build_timeline, delayed_columns
+from bizra_voice.prompt import build_timeline, delayed_columns, extend_timeline
 from bizra_voice.voices import VoicePrompt
 
 UNGENERATED = -2
@@ -91,49 +91,6 @@ class TickResult:
     pcm: np.ndarray  # float32 [B, FRAME_SIZE]
     guided: np.ndarray | None = None  # bool [B]: the text token came from guidance
     model_text: np.ndarray | None = None  # int64 [B]: what the model itself chose before guidance
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """Views of the first ``n`` rows of the engine's per-row tensors (same storage), for one prefix size."""
-
-    n: int
-    position: torch.Tensor
-    force_text: torch.Tensor
-    force_audio: torch.Tensor
-    guide_tokens: torch.Tensor
-    guide_length: torch.Tensor
-    guide_index: torch.Tensor
-    guided: torch.Tensor
-    model_text: torch.Tensor
-    sampled_guided: torch.Tensor
-    sampled_model_text: torch.Tensor
-    history: torch.Tensor
-    history_count: torch.Tensor
-    temp_text: torch.Tensor
-    topk_text: torch.Tensor
-    temp_audio: torch.Tensor
-    topk_audio: torch.Tensor
-    greedy: torch.Tensor
-    seed: torch.Tensor
-
-
-def _pad_rows(array: np.ndarray, rows: int, fill: float) -> np.ndarray:
-    """``array`` [n, ...] grown to [rows, ...] (rows past n were not stepped: they produced nothing)."""
-    if array.shape[0] == rows:
-        return array
-    out = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
-    out[: array.shape[0]] = array
-    return out
-
-
-def _extend(timeline: Any, frames: np.ndarray) -> Any:
-    """``timeline`` followed by conversation frames [T, 17] (text, agent 8, user 8)."""
-    if not len(frames):
-        return timeline
-    return type(timeline)(text=np.concatenate([timeline.text, frames[:, 0]]),
-                          agent=np.concatenate([timeline.agent, frames[:, 1:9]]),
-                          user=np.concatenate([timeline.user, frames[:, 9:17]]), voice_frames=timeline.voice_frames)
 
 
 def _copy_row(dst: Any, src: Any, row: int) -> None:
@@ -205,7 +162,7 @@ class BatchedEngine:
         self._started_seed = 0
         # Prefix steps (engine/prefix.py): views of the per-row tensors and streaming states per row count.
         self.prefix_steps = True
-        self._row_views: dict[int, _Rows] = {}
+        self._row_views: dict[int, Rows] = {}
         self._r = self._rows(slots)
         self._prefix_lm_gen = PrefixStates(self.lm_gen, slots)
         self._prefix_lm = PrefixStates(lm, slots)
@@ -243,11 +200,11 @@ class BatchedEngine:
         audio_tokens.copy_(torch.where(r.force_audio >= 0, r.force_audio, audio_tokens))
 
     # ---- prefix steps: a tick computes only the rows up to the highest active one ------------------------
-    def _rows(self, n: int) -> _Rows:
+    def _rows(self, n: int) -> Rows:
         rows = self._row_views.get(n)
         if rows is None:
             s = self.sampling
-            rows = self._row_views[n] = _Rows(
+            rows = self._row_views[n] = Rows(
                 n=n, position=self._position[:n], force_text=self.force_text[:n], force_audio=self.force_audio[:n],
                 guide_tokens=self.guide_tokens[:n], guide_length=self.guide_length[:n],
                 guide_index=self.guide_index[:n], guided=self.guided[:n], model_text=self.model_text[:n],
@@ -535,7 +492,7 @@ class BatchedEngine:
         kept = max(0, min(count0, self.history_size, room))
         base = build_timeline(prompt.voice.codes, prompt.tokens)
         first = self._history_rows(slot, count0 - kept, kept)
-        timeline = _extend(base, first)
+        timeline = extend_timeline(base, first)
         cols, start = self._timeline_columns(timeline, prompt.voice)
         try:
             yield from self._prefill_steps(self._prefix_parts(prompt.voice, start) + [self._embed(cols)])
@@ -543,7 +500,7 @@ class BatchedEngine:
             # The frames this row heard and said while the chunks ran complete the new context.
             new = min(int(self._history_count[slot]) - count0, self.history_size)
             recent = self._history_rows(slot, int(self._history_count[slot]) - new, new)
-            full = _extend(timeline, recent)
+            full = extend_timeline(timeline, recent)
             if full.length >= self.bundle.context:
                 raise RuntimeError(f"re-anchored context of {full.length} frames exceeds {self.bundle.context}")
             if len(recent):
@@ -625,7 +582,7 @@ class BatchedEngine:
             codes = self._to_device("codes", np.asarray(user_codes)[:n])[:, :, None]
             tokens, produced = self._lm_step(codes, mask, active)
             packed, = self._to_host(torch.cat([tokens, produced[:, None].long()], dim=1))
-        packed = _pad_rows(packed, self.slots, fill=0)
+        packed = pad_rows(packed, self.slots, fill=0)
         return packed[:, :-1].copy(), packed[:, -1].astype(bool)
 
     @torch.no_grad()
@@ -649,7 +606,7 @@ class BatchedEngine:
             ints = torch.cat([tokens, produced[:, None].long(), r.guided[:, None].long(), r.model_text[:, None]],
                              dim=1)
             ints_np, pcm_np = self._to_host(ints, pcm_out[:, 0].float())
-        ints_np, pcm_np = _pad_rows(ints_np, self.slots, fill=0), _pad_rows(pcm_np, self.slots, fill=0.0)
+        ints_np, pcm_np = pad_rows(ints_np, self.slots, fill=0), pad_rows(pcm_np, self.slots, fill=0.0)
         return TickResult(produced=ints_np[:, -3].astype(bool), text=ints_np[:, 0].copy(),
                           agent=ints_np[:, 1:-3].copy(), pcm=pcm_np,
                           guided=ints_np[:, -2].astype(bool), model_text=ints_np[:, -1].copy())

@@ -17,8 +17,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from moshi.modules.transformer import RingKVCache
 from moshi.utils.compile import CUDAGraphed
@@ -106,3 +108,37 @@ class PrefixStates:
                     value.end_offset[: kv.end_offset.shape[0]] = kv.end_offset
             elif isinstance(value, int) and not isinstance(value, bool) and name != "batch_size":
                 setattr(state, name, getattr(view, name))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Views of the first ``n`` rows of the engine's per-row tensors (same storage), for one prefix size."""
+
+    n: int
+    position: torch.Tensor
+    force_text: torch.Tensor
+    force_audio: torch.Tensor
+    guide_tokens: torch.Tensor
+    guide_length: torch.Tensor
+    guide_index: torch.Tensor
+    guided: torch.Tensor
+    model_text: torch.Tensor
+    sampled_guided: torch.Tensor
+    sampled_model_text: torch.Tensor
+    history: torch.Tensor
+    history_count: torch.Tensor
+    temp_text: torch.Tensor
+    topk_text: torch.Tensor
+    temp_audio: torch.Tensor
+    topk_audio: torch.Tensor
+    greedy: torch.Tensor
+    seed: torch.Tensor
+
+
+def pad_rows(array: np.ndarray, rows: int, fill: float) -> np.ndarray:
+    """``array`` [n, ...] grown to [rows, ...] (rows past n were not stepped: they produced nothing)."""
+    if array.shape[0] == rows:
+        return array
+    out = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    out[: array.shape[0]] = array
+    return out
