@@ -119,25 +119,12 @@ def _write_wav(path: Path, pcm: np.ndarray) -> None:
 
 
 def _write_pt_voice(path: Path, bundle: Any, pcm: np.ndarray) -> None:
-    """PersonaPlex's .pt voice: summed input embeddings of positions 0..N-2 and the delayed-token ring."""
+    """PersonaPlex's .pt voice of ``pcm`` (Mimi-encoded, then ``voices.pt_voice_state``)."""
     import torch
 
-    from bizra_voice.prompt import build_timeline, delayed_columns
-    from bizra_voice.voices import encode_voice_pcm
+    from bizra_voice.voices import encode_voice_pcm, pt_voice_state
 
-    codes = encode_voice_pcm(bundle.voice_mimi, pcm)
-    frames = codes.shape[1]
-    tl = build_timeline(codes, [])
-    cols = delayed_columns(tl.text, tl.agent, tl.user, 0, None, None, bundle.lm.text_card, bundle.lm.card)
-    lm = bundle.lm
-    with torch.no_grad():
-        seq = torch.from_numpy(cols[:, : frames - 1])
-        emb = sum(lm.emb[cb](seq[cb + lm.audio_offset]) for cb in range(lm.num_audio_codebooks))
-        emb = emb + lm.text_emb(seq[0])
-    cache = torch.full((1, 17, 4), -2, dtype=torch.long)
-    cache[0, :, (frames - 1) % 4] = torch.from_numpy(cols[:, frames - 1])
-    cache[0, 2:9, frames % 4] = torch.from_numpy(codes[1:, frames - 1])
-    torch.save({"embeddings": emb.reshape(frames - 1, 1, 1, -1).float(), "cache": cache}, str(path))
+    torch.save(pt_voice_state(bundle.lm, encode_voice_pcm(bundle.voice_mimi, pcm)), str(path))
 
 
 def make_tiny(folder: Path | str, seed: int = 1234) -> Path:

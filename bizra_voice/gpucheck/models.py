@@ -134,22 +134,10 @@ def build_lm(size: str, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def write_pt_voice(path: Path, lm: Any, codes: np.ndarray) -> Path:
-    """PersonaPlex's ``.pt`` voice format from Mimi codes [8, N]: the summed input embeddings of positions
-    0..N-2 and the delayed-token ring (as ``tiny._write_pt_voice`` does, on the LM's device)."""
-    from bizra_voice.prompt import build_timeline, delayed_columns
+    """PersonaPlex's ``.pt`` voice format from Mimi codes [8, N] (``voices.pt_voice_state``, on the LM's device)."""
+    from bizra_voice.voices import pt_voice_state
 
-    frames = codes.shape[1]
-    timeline = build_timeline(codes, [])
-    cols = delayed_columns(timeline.text, timeline.agent, timeline.user, 0, None, None, lm.text_card, lm.card)
-    device = next(lm.parameters()).device
-    with torch.no_grad():
-        seq = torch.from_numpy(cols[:, : frames - 1]).to(device)
-        emb = sum(lm.emb[cb](seq[cb + lm.audio_offset]) for cb in range(lm.num_audio_codebooks))
-        emb = emb + lm.text_emb(seq[0])
-    cache = torch.full((1, 17, 4), -2, dtype=torch.long)
-    cache[0, :, (frames - 1) % 4] = torch.from_numpy(cols[:, frames - 1])
-    cache[0, 2:9, frames % 4] = torch.from_numpy(codes[1:, frames - 1])
-    torch.save({"embeddings": emb.reshape(frames - 1, 1, 1, -1).float().cpu(), "cache": cache}, str(path))
+    torch.save(pt_voice_state(lm, codes), str(path))
     return path
 
 
