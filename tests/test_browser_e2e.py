@@ -4,6 +4,7 @@ speech WAV talks to a running CPU-profile server through the real page."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -126,4 +127,79 @@ def test_browser_talks_to_server(base_url: str) -> None:
     assert status_rtt.endswith("ms") or "ms" in status_rtt
     assert len(answers) == 2 and all(a.strip() for a in answers), answers
     assert "2000" in refused, refused
+    assert console_errors == [], f"console errors: {console_errors}"
+
+
+def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: str) -> None:
+    """While connected, the user edits the persona (Apply) and picks another voice: each goes to the server
+    as a live session.update, the page says it was applied (with the server's prefill time), the audio keeps
+    streaming, and the page never opened a second /api/chat connection."""
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    if not SPEECH_WAV.exists():
+        pytest.skip(f"speech fixture missing: {SPEECH_WAV}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+
+    persona = "أنت بزرا، خبّاز مرح يتحدث عن الخبز. You are BIZRA, a cheerful baker."
+    console_errors: list[str] = []
+    sockets: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={SPEECH_WAV}", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 860})
+            context.grant_permissions(["microphone"])
+            page = context.new_page()
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
+            page.on("websocket", lambda ws: sockets.append(ws.url) if "/api/chat" in ws.url else None)
+
+            def received() -> int:
+                return int(_counters(page)["framesReceived"])
+
+            def keeps_streaming(after: int, frames: int = 25) -> None:
+                page.wait_for_function("(n) => +document.body.dataset.framesReceived >= n", arg=after + frames,
+                                       timeout=WAIT_MS)
+
+            page.goto(base_url, wait_until="networkidle")
+            page.get_by_role("button", name="Connect and talk").click()
+            try:
+                page.wait_for_selector('body[data-state="connected"]', state="attached", timeout=WAIT_MS)
+                keeps_streaming(0)
+                assert page.is_enabled("#persona") and page.is_enabled("#voice")  # they change live now
+                assert page.is_disabled("#mode") and page.is_disabled("#text_temperature")  # these stay locked
+                assert page.is_disabled("#persona-apply")  # nothing edited yet
+
+                page.fill("#persona", persona)
+                page.get_by_role("button", name="Apply persona now").click()
+                page.wait_for_selector('#live-status[data-state="applied"]', state="attached", timeout=WAIT_MS)
+                persona_status = page.inner_text("#live-status")
+                at_persona = received()
+                keeps_streaming(at_persona)
+
+                page.select_option("#voice", "NATF1")
+                page.wait_for_selector('#live-status[data-applied="2"]', state="attached", timeout=WAIT_MS)
+                voice_status = page.inner_text("#live-status")
+                at_voice = received()
+                keeps_streaming(at_voice)
+                state = _counters(page)["state"]
+            except sync_api.TimeoutError:
+                pytest.fail(f"the live change did not happen in time: {_diagnose(page, console_errors)}, "
+                            f"live status {page.inner_text('#live-status')!r}")
+            finally:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser_live_persona.png"), full_page=True)
+            page.get_by_role("button", name="Disconnect").click()
+            page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=WAIT_MS)
+        finally:
+            browser.close()
+
+    print(f"\nbrowser live changes: {persona_status!r} then {voice_status!r}")
+    assert re.fullmatch(r"Persona updated live in \d+ ms, no reconnect\.", persona_status), persona_status
+    assert re.fullmatch(r"Voice updated live in \d+ ms \(voice NATF1\), no reconnect\.", voice_status), voice_status
+    assert state == "connected"
+    assert len(sockets) == 1, sockets  # one connection for the whole test: no reconnect happened
     assert console_errors == [], f"console errors: {console_errors}"

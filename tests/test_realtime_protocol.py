@@ -12,6 +12,7 @@ from bizra_voice.constants import FRAME_SIZE, PRESET_VOICES
 from bizra_voice.realtime import (
     AudioCodec,
     Conversation,
+    LiveChange,
     RealtimeError,
     RealtimeSettings,
     ResponseSegmenter,
@@ -40,6 +41,14 @@ def session(segmenter: SegmenterConfig | None = None, catalog=PRESET_VOICES, **s
     if state.settings.voice:
         state.resolve_initial_voice()
     return state, ResponseStream(state, Conversation(), segmenter)
+
+
+def apply(state: SessionState, event: str):
+    """A session.update that needs no engine work: planned and committed at once."""
+    update = state.plan(parse_client_event(event).changes)
+    assert update.live is None, update
+    state.commit(update)
+    return update
 
 
 def test_pcm16_round_trip_and_validation():
@@ -258,27 +267,49 @@ def test_protocol_events_parse_with_the_openai_types():
     assert err.error.code == "server_at_capacity"
 
 
-def test_session_locked_after_start_with_ga_params_and_cancel_closes_response():
+def test_after_start_mode_record_formats_are_locked_and_persona_and_voice_change_live():
     state, proto = session(instructions="A", voice="NATM1")
-    state.apply(parse_client_event(ev(type="session.update", session={"type": "realtime",
-                                                                       "instructions": "B"})).changes)
+    apply(state, ev(type="session.update", session={"type": "realtime", "instructions": "B"}))
     assert state.settings.instructions == "B"
     state.start()
-    same = parse_client_event(ev(type="session.update", session={"type": "realtime", "instructions": "B"}))
-    state.apply(same.changes)  # unchanged values are fine
-    cedar = parse_client_event(ev(type="session.update", session={"type": "realtime",
-                                                                  "audio": {"output": {"voice": "cedar"}}}))
-    state.apply(cedar.changes)  # cedar -> NATM1: the same engine voice, only the name changes
-    assert (state.settings.voice, state.settings.engine_voice) == ("cedar", "NATM1")
-    for session_change, param in (({"audio": {"output": {"voice": "NATF1"}}}, "session.audio.output.voice"),
-                                  ({"instructions": "C"}, "session.instructions"),
-                                  ({"mode": "standalone"}, "session.mode"),
+    apply(state, ev(type="session.update", session={"type": "realtime", "instructions": "B"}))  # unchanged: fine
+    apply(state, ev(type="session.update", session={"type": "realtime", "audio": {"output": {"voice": "cedar"}}}))
+    assert (state.settings.voice, state.settings.engine_voice) == ("cedar", "NATM1")  # the same engine voice
+    for session_change, param in (({"mode": "standalone"}, "session.mode"), ({"record": True}, "session.record"),
                                   ({"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
-                                   "session.audio.input.format")):
+                                   "session.audio.input.format"),
+                                  ({"instructions": "C", "mode": "hybrid"}, "session.mode")):
         with pytest.raises(RealtimeError) as err:
-            state.apply(parse_client_event(ev(type="session.update", event_id="x", session={
+            state.plan(parse_client_event(ev(type="session.update", event_id="x", session={
                 "type": "realtime", **session_change})).changes)
         assert (err.value.code, err.value.param, err.value.event_id) == ("session_locked", param, "x")
+        assert "instructions" in err.value.message  # says what can change live
+    assert state.settings.instructions == "B"  # a refused update changes nothing, its live part included
+
+    # a persona and/or voice change is planned as a live change, and nothing is committed before it applies
+    for session_change, live in (({"instructions": "C"}, LiveChange(instructions="C", event_id="y")),
+                                 ({"audio": {"output": {"voice": "NATF1"}}},
+                                  LiveChange(engine_voice="NATF1", event_id="y")),
+                                 ({"instructions": "", "audio": {"output": {"voice": "marin"}}},
+                                  LiveChange(instructions="", engine_voice="NATF2", event_id="y")),
+                                 ({"instructions": "C", "audio": {"output": {"voice": "NATM1"}}},
+                                  LiveChange(instructions="C", event_id="y"))):
+        update = state.plan(parse_client_event(ev(type="session.update", event_id="y", session={
+            "type": "realtime", **session_change})).changes)
+        assert update.live == live
+        assert (state.settings.instructions, state.settings.engine_voice) == ("B", "NATM1")
+    state.commit(update)  # what the connection does once the engine applied it
+    assert (state.settings.instructions, state.settings.voice, state.settings.engine_voice) == ("C", "NATM1", "NATM1")
+    assert update.live.changed == ["session.instructions"] and update.live.param == "session.instructions"
+    voice_only = LiveChange(engine_voice="NATF1", event_id="v")
+    assert voice_only.changed == ["session.audio.output.voice"] and voice_only.param == "session.audio.output.voice"
+    refused = voice_only.refused("No such voice file.").event()["error"]
+    assert (refused["code"], refused["param"], refused["event_id"]) == ("invalid_value", "session.audio.output.voice",
+                                                                        "v")
+    assert "keeps its current persona and voice" in refused["message"]
+    failed = voice_only.failed("the new prompt could not be applied").event()["error"]
+    assert (failed["type"], failed["code"]) == ("server_error", "live_update_failed")
+
     proto.on_frame(LOUD, " yo")
     cancelled = proto.cancel()
     assert cancelled[-1]["type"] == "response.done"
@@ -286,11 +317,28 @@ def test_session_locked_after_start_with_ga_params_and_cancel_closes_response():
     assert cancelled[-1]["response"]["status_details"]["reason"] == "client_cancelled"
 
 
+def test_a_live_change_is_answered_by_a_ga_session_updated_with_the_bizra_report():
+    from openai.types.realtime import SessionUpdatedEvent
+
+    state, _ = session(instructions="A", voice="NATM1")
+    state.start()
+    update = state.plan(parse_client_event(ev(type="session.update", event_id="evt_p", session={
+        "type": "realtime", "instructions": "You are a baker.", "audio": {"output": {"voice": "coral"}}})).changes)
+    state.commit(update)
+    result = {"changed": ["text_prompt", "voice"], "voice": "NATF1", "prompt_positions": 57, "prefill_ms": 812.4}
+    event = state.updated(update.live.report(result))
+    parsed = SessionUpdatedEvent.model_validate(event)
+    assert parsed.session.instructions == "You are a baker." and parsed.session.audio.output.voice == "coral"
+    assert parsed.model_extra["bizra"] == {
+        "changed": ["session.instructions", "session.audio.output.voice"], "engine_voice": "NATF1",
+        "prompt_positions": 57, "prefill_ms": 812.4, "event_id": "evt_p"}
+    assert "bizra" not in state.updated()  # a plain update carries no report
+
+
 @pytest.mark.parametrize("name, preset", sorted(DEFAULT_VOICE_TABLE.items()))
 def test_openai_voices_map_to_presets_at_session_update(name, preset):
     state, _ = session()
-    state.apply(parse_client_event(ev(type="session.update", session={
-        "type": "realtime", "audio": {"output": {"voice": name}}})).changes)
+    apply(state, ev(type="session.update", session={"type": "realtime", "audio": {"output": {"voice": name}}}))
     assert (state.settings.voice, state.settings.engine_voice) == (name, preset)
     assert state.session_object()["audio"]["output"]["voice"] == name  # reported as the client named it
 
@@ -299,16 +347,22 @@ def test_unknown_voices_are_refused_at_session_update_not_later():
     state, _ = session(voice="NATM1", catalog=("NATM1", "NATF0"))
     for voice, words in (("NOPE", "Unknown voice 'NOPE'"), ("marin", "maps to 'NATF2'")):
         with pytest.raises(RealtimeError) as err:
-            state.apply(parse_client_event(ev(type="session.update", event_id="v", session={
+            state.plan(parse_client_event(ev(type="session.update", event_id="v", session={
                 "type": "realtime", "audio": {"output": {"voice": voice}}})).changes)
         assert (err.value.code, err.value.param, err.value.event_id) == (
             "invalid_value", "session.audio.output.voice", "v")
         assert words in err.value.message and "NATF0" in err.value.message
     assert state.settings.engine_voice == "NATM1"  # unchanged
     custom = SessionState(RealtimeSettings(), VoiceMap({"marin": "NATF0"}, ("NATF0",)))
-    custom.apply(parse_client_event(ev(type="session.update", session={
-        "type": "realtime", "audio": {"output": {"voice": "marin"}}})).changes)
+    apply(custom, ev(type="session.update", session={"type": "realtime", "audio": {"output": {"voice": "marin"}}}))
     assert custom.settings.engine_voice == "NATF0"  # the table is configurable
+    installed = ["NATF0"]
+    growing = SessionState(RealtimeSettings(voice="NATF0"), VoiceMap({}, lambda: installed))
+    growing.resolve_initial_voice()
+    with pytest.raises(RealtimeError):
+        growing.resolve_voice("mine")
+    installed.append("mine")  # a custom voice added while the session runs can be chosen
+    assert growing.resolve_voice("mine") == "mine"
     with pytest.raises(RealtimeError) as err:
         SessionState(RealtimeSettings(voice="NOPE"), VoiceMap({}, ("NATF0",))).resolve_initial_voice()
     assert err.value.param == "voice_prompt"
@@ -342,9 +396,8 @@ def test_g711_session_formats_round_trip(kind):
     from bizra_voice.audio.g711 import G711Decoder
 
     state, proto = session(SegmenterConfig(end_silence_frames=100))
-    state.apply(parse_client_event(ev(type="session.update", session={
-        "type": "realtime", "audio": {"input": {"format": {"type": kind}}, "output": {"format": {"type": kind}}}}
-    )).changes)
+    apply(state, ev(type="session.update", session={
+        "type": "realtime", "audio": {"input": {"format": {"type": kind}}, "output": {"format": {"type": kind}}}}))
     updated = SessionUpdatedEvent.model_validate(state.updated())
     assert updated.session.audio.input.format.type == kind and updated.session.audio.output.format.type == kind
     signal = chirp(2.0)
@@ -361,7 +414,7 @@ def test_g711_session_formats_round_trip(kind):
     assert snr > 30, snr  # G.711 is ~38 dB on a band-limited signal; no misalignment or seams
     assert state.started  # frames flowed: the formats (and the codec's state) are fixed
     with pytest.raises(RealtimeError) as err:
-        state.apply(parse_client_event(ev(type="session.update", session={
+        state.plan(parse_client_event(ev(type="session.update", session={
             "type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}})).changes)
     assert err.value.code == "session_locked"
 

@@ -288,8 +288,9 @@ def test_unknown_voice_prompt_is_refused_1008_and_unknown_session_voice_is_an_er
 
 def test_audio_sent_while_the_engine_opens_and_a_burst_are_paced_in_none_dropped(runtime):
     """The open is held (as a slow machine's ~2 s prefill would): the socket is still read, session.update
-    is answered (locked) and response.create's response is created; then every appended frame is played
-    into the engine, at its pace, and the runtime drops none."""
+    is answered (a persona change asked during the open waits for it, then applies live) and
+    response.create's response is created; then every appended frame is played into the engine, at its
+    pace, and the runtime drops none."""
 
     async def scenario():
         host = InProcessHost(runtime)
@@ -301,12 +302,14 @@ def test_audio_sent_while_the_engine_opens_and_a_burst_are_paced_in_none_dropped
         ws.send(type="session.update", event_id="evt_late", session={"type": "realtime", "instructions": "x"})
         ws.send(type="response.create", event_id="evt_rc",
                 response={"metadata": {"client_event_id": "evt_rc"}})
-        await ws.until(lambda: ws.of("response.created") and ws.of("error"), "answers during the open")
+        await ws.until(lambda: ws.of("response.created") and ws.of("session.updated"), "answers during the open")
         assert not host.runtime.gate.is_set()  # all of this while the engine session was still opening
+        assert len(ws.of("session.updated")) == 1  # the persona change waits for the session it changes
         opened_after = time.monotonic()
         host.runtime.gate.set()
         frames = 3 * SAMPLE_RATE // FRAME_SIZE
-        await ws.until(lambda: session.engine.frames_out >= frames, "every frame played and answered")
+        await ws.until(lambda: session.engine.frames_out >= frames and len(ws.of("session.updated")) == 2,
+                       "every frame played and answered, and the persona changed")
         played_s = time.monotonic() - opened_after
         live = session.engine.live
         dropped, pushed, early = live.input_frames_dropped, live.frames_in, session.engine.pacer.frames_early
@@ -318,12 +321,12 @@ def test_audio_sent_while_the_engine_opens_and_a_burst_are_paced_in_none_dropped
     print(f"\n3 s burst sent during the open: played in {played_s:.2f} s, {early} frames early "
           f"(into a caught-up engine), {dropped} dropped")
     assert (dropped, pushed) == (0, 3 * SAMPLE_RATE // FRAME_SIZE)
-    locked = ws.of("error")[0]["error"]
-    assert (locked["code"], locked["param"], locked["event_id"]) == ("session_locked", "session.instructions",
-                                                                     "evt_late")
     assert ws.of("response.created")[0]["response"]["metadata"] == {"client_event_id": "evt_rc"}
-    assert ws.of("session.updated")[0]["session"]["audio"]["output"]["voice"] == "marin"
-    assert len(ws.of("error")) == 1 and ws.close_code == 1000
+    marin, late = ws.of("session.updated")
+    assert marin["session"]["audio"]["output"]["voice"] == "marin" and "bizra" not in marin
+    assert late["session"]["instructions"] == "x" and late["bizra"]["event_id"] == "evt_late"
+    assert late["bizra"]["changed"] == ["session.instructions"]
+    assert not ws.of("error") and ws.close_code == 1000
 
 
 def test_a_burst_past_the_bound_is_an_error_not_an_end(runtime):
@@ -401,3 +404,169 @@ def test_a_client_that_leaves_while_the_session_opens_frees_its_slot(runtime):
 
     ws = asyncio.run(scenario())
     assert runtime.active_sessions == 0 and ws.close_code == 1000 and not ws.of("error")
+
+
+# ---- live persona and voice changes (session.update once audio flows) ---------------------------------------
+class HeldPromptLive(TappedLive):
+    """The real session; ``update_prompt`` first waits for ``gate`` (the test decides how long a change
+    takes), so what the connection does meanwhile can be watched."""
+
+    def __init__(self, live: Any, recorder: Any, on_first_output: Any, gate: asyncio.Event,
+                 waiting: asyncio.Event) -> None:
+        super().__init__(live, recorder, on_first_output)
+        self.gate, self.waiting = gate, waiting
+
+    async def update_prompt(self, text_prompt: str | None = None, voice: str | None = None) -> dict[str, Any]:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self.live.update_prompt(text_prompt, voice)
+
+
+class LiveChangeHost(InProcessHost):
+    def __init__(self, runtime: EngineRuntime) -> None:
+        super().__init__(runtime)
+        self.prompt_gate = asyncio.Event()
+        self.prompt_gate.set()
+        self.prompt_waiting = asyncio.Event()
+
+    def tap_session(self, live: Any, recorder: Any, on_first_output: Any) -> TappedLive:
+        return HeldPromptLive(live, recorder, on_first_output, self.prompt_gate, self.prompt_waiting)
+
+
+def answer_to(ws: MemorySocket, event_id: str) -> dict[str, Any] | None:
+    """The session.updated (its bizra report names the request) or error that answers ``event_id``."""
+    for e in ws.events:
+        if e["type"] == "session.updated" and (e.get("bizra") or {}).get("event_id") == event_id:
+            return e
+        if e["type"] == "error" and e["error"]["event_id"] == event_id:
+            return e
+    return None
+
+
+def update(ws: MemorySocket, event_id: str, **session: Any) -> None:
+    ws.send(type="session.update", event_id=event_id, session={"type": "realtime", **session})
+
+
+def deltas_after(ws: MemorySocket, event: dict[str, Any]) -> int:
+    at = next(k for k, e in enumerate(ws.events) if e is event)
+    return sum(1 for e in ws.events[at:] if e["type"] == "response.output_audio.delta")
+
+
+def test_persona_and_voice_change_live_while_the_audio_flows(runtime):
+    """After audio flows: a persona change and a voice change are applied by the engine (the slot's prompt
+    is then exactly a fresh session's prompt for the new persona and voice) and answered with
+    session.updated once in effect; while a change is held, the socket is still read, appended audio is
+    still played into the model and a later update waits its turn; an unknown voice and a locked field are
+    refused with their params; the audio keeps streaming and the session stays open."""
+    from bizra_voice.engine.api import SessionSpec
+
+    baker = "You are a cheerful baker who talks about bread."
+
+    async def scenario():
+        host = LiveChangeHost(runtime)
+        session, ws = connect(host, {"voice_prompt": "NATM1"})
+        task = asyncio.create_task(session.run())
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(stream_real_time(ws, 120.0, stop))
+        await ws.until(lambda: len(ws.of("response.output_audio.delta")) >= 5, "audio")  # no response.create
+        engine = session.engine
+        old_prompt = runtime.engine._prompts[engine.live.slot]
+
+        host.prompt_gate.clear()  # the persona change is held in the engine call
+        update(ws, "evt_persona", instructions=baker)
+        await ws.until(host.prompt_waiting.is_set, "the engine call")
+        played = engine.frames_in
+        update(ws, "evt_transcribe", audio={"input": {"transcription": {"model": "whisper"}}})  # waits its turn
+        ws.send(type="response.create", event_id="evt_rc", response={"metadata": {"k": "held"}})
+        await ws.until(lambda: [e for e in ws.of("response.created") if e["response"]["metadata"] == {"k": "held"}]
+                       and engine.frames_in >= played + 10, "the socket read and audio played while the change is held")
+        assert answer_to(ws, "evt_persona") is None and len(ws.of("session.updated")) == 0
+        assert runtime.engine._prompts[engine.live.slot] is old_prompt  # nothing changed yet
+        host.prompt_gate.set()
+        await ws.until(lambda: answer_to(ws, "evt_persona") and len(ws.of("session.updated")) == 2,
+                       "the persona change and the update behind it")
+
+        update(ws, "evt_voice", audio={"output": {"voice": "coral"}})  # coral -> NATF1
+        await ws.until(lambda: answer_to(ws, "evt_voice"), "the voice change")
+        update(ws, "evt_nope", audio={"output": {"voice": "NOPE"}})
+        update(ws, "evt_mode", mode="hybrid")
+        await ws.until(lambda: answer_to(ws, "evt_nope") and answer_to(ws, "evt_mode"), "two refusals")
+        voice_answer = answer_to(ws, "evt_voice")
+        await ws.until(lambda: deltas_after(ws, voice_answer) >= 15, "audio after the changes")
+        slot_prompt = runtime.engine._prompts[engine.live.slot]
+        facts = {"live": (engine.live.text_prompt, engine.live.voice), "persona": engine.hybrid.persona,
+                 "settings": (session.state.settings.instructions, session.state.settings.engine_voice)}
+        stop.set()
+        ws.leave()
+        await asyncio.wait_for(task, WAIT_S)
+        await feeder
+        return ws, slot_prompt, facts
+
+    ws, slot_prompt, facts = asyncio.run(scenario())
+    persona, voice = answer_to(ws, "evt_persona"), answer_to(ws, "evt_voice")
+    print(f"\nlive changes on /v1/realtime (CPU, tiny model): persona {persona['bizra']['prefill_ms']} ms, "
+          f"voice {voice['bizra']['prefill_ms']} ms")
+    assert persona["type"] == "session.updated" and persona["session"]["instructions"] == baker
+    assert persona["bizra"]["changed"] == ["session.instructions"] and persona["bizra"]["prefill_ms"] > 0
+    assert persona["bizra"]["engine_voice"] == "NATM1"
+    behind = [e for e in ws.of("session.updated") if e is not persona][0]  # answered after the persona change
+    assert ws.events.index(persona) < ws.events.index(behind)
+    assert behind["session"]["audio"]["input"]["transcription"] == {"model": "whisper"}
+    assert behind["session"]["instructions"] == baker and "bizra" not in behind
+    assert voice["type"] == "session.updated" and voice["session"]["audio"]["output"]["voice"] == "coral"
+    assert voice["bizra"]["changed"] == ["session.audio.output.voice"] and voice["bizra"]["engine_voice"] == "NATF1"
+    assert voice["session"]["instructions"] == baker
+    nope, mode = answer_to(ws, "evt_nope")["error"], answer_to(ws, "evt_mode")["error"]
+    assert (nope["code"], nope["param"]) == ("invalid_value", "session.audio.output.voice")
+    assert "Unknown voice 'NOPE'" in nope["message"]
+    assert (mode["code"], mode["param"]) == ("session_locked", "session.mode")
+    assert len(ws.of("error")) == 2 and ws.close_code == 1000
+    # what the model got: exactly the prompt a fresh session of the new persona and voice prefills
+    fresh = runtime.models.prepare(SessionSpec(text_prompt=baker, voice="NATF1"))
+    assert slot_prompt.tokens == fresh.tokens and slot_prompt.voice.name == "NATF1"
+    assert facts == {"live": (baker, "NATF1"), "persona": baker, "settings": (baker, "NATF1")}
+
+
+def test_a_live_change_the_engine_refuses_or_fails_keeps_the_old_persona(runtime, monkeypatch):
+    """A persona too long for the model's context (the engine's BadSessionRequest) and a re-prefill that
+    fails in the engine (EngineError) are errors naming the request and its param; the slot keeps its old
+    prompt, the settings their old values, and the audio goes on."""
+    too_long = "a,b." * 1000  # 4000 characters the tiny tokenizer makes into ~4000 tokens: past the context
+
+    def broken(slot, prompt):
+        raise RuntimeError("a prefill step failed")
+        yield  # pragma: no cover
+
+    async def scenario():
+        session, ws = connect(InProcessHost(runtime), {"text_prompt": "Be calm."})
+        task = asyncio.create_task(session.run())
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(stream_real_time(ws, 120.0, stop))
+        await ws.until(lambda: len(ws.of("response.output_audio.delta")) >= 5, "audio")
+        engine = session.engine
+        old_prompt = runtime.engine._prompts[engine.live.slot]
+        update(ws, "evt_long", instructions=too_long)
+        await ws.until(lambda: answer_to(ws, "evt_long"), "the refusal")
+        monkeypatch.setattr(runtime.engine, "reprompt_steps", broken)
+        update(ws, "evt_fail", audio={"output": {"voice": "NATF3"}})
+        await ws.until(lambda: answer_to(ws, "evt_fail"), "the failure")
+        failure = answer_to(ws, "evt_fail")
+        await ws.until(lambda: deltas_after(ws, failure) >= 15, "audio after the failure")
+        kept = (runtime.engine._prompts[engine.live.slot] is old_prompt, engine.live.text_prompt, engine.live.voice,
+                session.state.settings.instructions, session.state.settings.voice)
+        stop.set()
+        ws.leave()
+        await asyncio.wait_for(task, WAIT_S)
+        await feeder
+        return ws, kept
+
+    ws, kept = asyncio.run(scenario())
+    refused, failed = answer_to(ws, "evt_long")["error"], answer_to(ws, "evt_fail")["error"]
+    assert (refused["type"], refused["code"], refused["param"]) == ("invalid_request_error", "invalid_value",
+                                                                   "session.instructions")
+    assert "context" in refused["message"] and "keeps its current persona" in refused["message"]
+    assert (failed["type"], failed["code"], failed["param"]) == ("server_error", "live_update_failed",
+                                                                "session.audio.output.voice")
+    assert "RuntimeError" in failed["message"]
+    assert kept == (True, "Be calm.", "NATM1", "Be calm.", "NATM1")
+    assert not ws.of("session.updated") and ws.close_code == 1000

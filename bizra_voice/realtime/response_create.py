@@ -3,8 +3,9 @@
 GA shape (``openai.types.realtime.RealtimeResponseCreateParams``): ``metadata``, ``instructions``,
 ``output_modalities`` (beta: ``modalities``), ``conversation``, ``input``, ``audio.output.{voice,format}``,
 ``max_output_tokens``, ``tools``, ``tool_choice``, ``prompt``, ``reasoning``, ``parallel_tool_calls``.
-PersonaPlex's persona, voice and formats are prefilled when the engine session starts and it always
-answers in audio (with its transcript) inside the one conversation, so:
+PersonaPlex's persona, voice and formats are prefilled into the model's session (the persona and voice
+change for the whole session with ``session.update``, live) and it always answers in audio (with its
+transcript) inside the one conversation, so:
 
 - honoured: ``metadata`` (echoed on ``response.created`` and ``response.done``); values that restate the
   session (``instructions`` equal to the session's, ``output_modalities`` with ``audio``, ``conversation``
@@ -109,8 +110,9 @@ def check_response(params: ResponseCreateParams, *, event_id: str | None, instru
                              "unsupported_parameter", param=f"response.{param}", event_id=event_id)
 
     if params.instructions is not None and params.instructions != instructions:
-        raise refuse("instructions", "PersonaPlex's persona is prefilled when the session starts and cannot "
-                                     "change per response; set session.instructions before audio starts")
+        raise refuse("instructions", "PersonaPlex's persona is prefilled into the model's context and cannot "
+                                     "change per response; change session.instructions with session.update "
+                                     "(applied live, for the rest of the session)")
     for name in ("output_modalities", "modalities"):
         modalities = getattr(params, name)
         if modalities is not None and "audio" not in modalities:
@@ -124,8 +126,9 @@ def check_response(params: ResponseCreateParams, *, event_id: str | None, instru
     if output is not None and output.voice is not None:
         asked = output.voice.get("id", "") if isinstance(output.voice, dict) else output.voice
         if resolve_voice(asked, param="response.audio.output.voice", event_id=event_id) != voice:
-            raise refuse("audio.output.voice", "the session's voice is prefilled and fixed; open a new session "
-                                               "for another voice")
+            raise refuse("audio.output.voice", "the voice is prefilled into the model's context and cannot "
+                                               "change per response; change session.audio.output.voice with "
+                                               "session.update (applied live)")
     if output is not None and output.format is not None and output.format.get("type") != output_format:
         raise refuse("audio.output.format", f"the session's output format is {output_format}")
     if params.max_output_tokens not in (None, "inf"):

@@ -1,9 +1,13 @@
 """The settings of one Realtime session: what ``session.update`` may change, and when it no longer may.
 
-Persona (``instructions``), voice, mode, recording consent and audio formats are prefilled into the model
-when the engine session starts, so they are fixed from then on: a ``session.update`` that would change
-one gets ``session_locked`` with the GA path of the first such field. Voices are resolved when they are
-named (``voices.py``), so an unknown one is refused at ``session.update``.
+A ``session.update`` is first *planned* (checked against the current settings, nothing changed), then
+*committed*. Before audio starts every field just commits. Once the engine session starts (the first
+append, ``response.create`` or typed message), mode, recording consent and the audio formats are fixed:
+a change of one gets ``session_locked`` with its GA path. The persona (``instructions``) and the voice are
+prefilled into the model too, but they can change live: the plan then carries a ``LiveChange`` that the
+engine applies first (``live_change.py``), and the update commits only once that is in effect - a refused
+change leaves every setting as it was. Voices are resolved when they are named (``voices.py``), so an
+unknown one is refused at ``session.update``.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from typing import Any
 from bizra_voice.realtime.audio_formats import AudioCodec, format_object
 from bizra_voice.realtime.client_events import SessionChanges
 from bizra_voice.realtime.errors import RealtimeError, new_id
+from bizra_voice.realtime.live_change import LiveChange
 from bizra_voice.realtime.voices import VoiceMap
 from bizra_voice.session_params import normalize_voice
 
 # session.update fields (SessionChanges -> RealtimeSettings, same names), with the GA path of each
 _FIELDS = ("instructions", "voice", "mode", "record", "transcription", "input_format", "output_format")
-_LOCKED_ONCE_STARTED = {"instructions": "session.instructions", "voice": "session.audio.output.voice",
-                        "mode": "session.mode", "record": "session.record",
+_LOCKED_ONCE_STARTED = {"mode": "session.mode", "record": "session.record",
                         "input_format": "session.audio.input.format",
                         "output_format": "session.audio.output.format"}
+_LIVE_ONCE_STARTED = ("instructions", "voice")  # re-prefilled by the engine (LiveChange)
 
 
 @dataclass
@@ -38,6 +43,16 @@ class RealtimeSettings:
     transcription: bool = False
     input_format: str = "audio/pcm"
     output_format: str = "audio/pcm"
+
+
+@dataclass(frozen=True)
+class SettingsUpdate:
+    """A checked ``session.update``: the fields it sets, the engine voice it resolves to, and the live change
+    the engine must make before it may be committed (None: it commits at once)."""
+
+    fields: dict[str, Any]
+    engine_voice: str
+    live: LiveChange | None = None
 
 
 class SessionState:
@@ -79,25 +94,38 @@ class SessionState:
             self.codec = AudioCodec(self.settings.input_format, self.settings.output_format)
         return self.codec
 
-    def apply(self, changes: SessionChanges) -> None:
-        """Apply a session.update; RealtimeError if it names an unknown voice or changes a fixed setting."""
+    def plan(self, changes: SessionChanges) -> SettingsUpdate:
+        """Check a session.update against the current settings (nothing changes yet); RealtimeError if it
+        names an unknown voice or changes a fixed setting. A persona or voice change of a started session
+        comes back as the plan's ``live`` part."""
         s = self.settings
         asked = {name: getattr(changes, name) for name in _FIELDS if getattr(changes, name) is not None}
         engine_voice = s.engine_voice
         if "voice" in asked:
             engine_voice = self.resolve_voice(asked["voice"], event_id=changes.event_id)
-        if self.started:
-            current = {**vars(s), "voice": s.engine_voice}
-            proposed = {**asked, "voice": engine_voice} if "voice" in asked else asked
-            fixed = [_LOCKED_ONCE_STARTED[name] for name, value in proposed.items()
-                     if name in _LOCKED_ONCE_STARTED and value != current[name]]
-            if fixed:
-                raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are "
-                                    "prefilled into the model's session); open a new connection instead.",
-                                    "session_locked", param=fixed[0], event_id=changes.event_id)
-        for name, value in asked.items():
-            setattr(s, name, value)
-        s.engine_voice = engine_voice
+        if not self.started:
+            return SettingsUpdate(asked, engine_voice)
+        current = {**vars(s), "voice": s.engine_voice}
+        proposed = {**asked, "voice": engine_voice} if "voice" in asked else asked
+        differs = [name for name, value in proposed.items() if value != current[name]]
+        fixed = [_LOCKED_ONCE_STARTED[name] for name in differs if name in _LOCKED_ONCE_STARTED]
+        if fixed:
+            raise RealtimeError(f"{', '.join(fixed)} cannot change once audio has started (they are fixed "
+                                "when the model's session opens); open a new connection instead. The persona "
+                                "(instructions) and the voice can change live.", "session_locked",
+                                param=fixed[0], event_id=changes.event_id)
+        live = None
+        if any(name in _LIVE_ONCE_STARTED for name in differs):
+            live = LiveChange(instructions=asked["instructions"] if "instructions" in differs else None,
+                              engine_voice=engine_voice if "voice" in differs else None,
+                              event_id=changes.event_id)
+        return SettingsUpdate(asked, engine_voice, live)
+
+    def commit(self, update: SettingsUpdate) -> None:
+        """Make a planned update the session's settings (a live part only once the engine applied it)."""
+        for name, value in update.fields.items():
+            setattr(self.settings, name, value)
+        self.settings.engine_voice = update.engine_voice
 
     # ---- what session.created / session.updated report -------------------------------------------------
     def session_object(self) -> dict[str, Any]:
@@ -118,5 +146,9 @@ class SessionState:
     def created(self) -> dict[str, Any]:
         return {"type": "session.created", "event_id": new_id("event"), "session": self.session_object()}
 
-    def updated(self) -> dict[str, Any]:
-        return {"type": "session.updated", "event_id": new_id("event"), "session": self.session_object()}
+    def updated(self, live: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``session.updated``; after a live change with its ``bizra`` report (``LiveChange.report``)."""
+        event = {"type": "session.updated", "event_id": new_id("event"), "session": self.session_object()}
+        if live is not None:
+            event["bizra"] = live
+        return event

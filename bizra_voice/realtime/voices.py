@@ -4,12 +4,14 @@ Realtime clients pick OpenAI voices (LiveKit's plugin defaults to ``marin``); Pe
 presets (NATF0-3, NATM0-3, VARF0-4, VARM0-4) and custom voices. A ``session.update`` names either; the
 name is resolved here at once, so an unknown voice is refused at ``session.update`` (param
 ``session.audio.output.voice``), never later when the engine session opens. The table is configurable
-(``realtime.voices`` in the app config); a name that is not in the table must be in the catalog.
+(``realtime.voices`` in the app config); a name that is not in the table must be in the catalog. The
+catalog may be given as a function, read at each lookup: a custom voice added while a session runs can
+then be chosen by a live voice change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from bizra_voice.realtime.errors import RealtimeError
 
@@ -25,19 +27,24 @@ DEFAULT_VOICE_TABLE: dict[str, str] = {
 class VoiceMap:
     """Resolves a client's voice name to the engine voice it will speak with."""
 
-    def __init__(self, table: Mapping[str, str], catalog: Collection[str]) -> None:
+    def __init__(self, table: Mapping[str, str], catalog: Collection[str] | Callable[[], Collection[str]]) -> None:
         self.table = {name.lower(): preset for name, preset in table.items()}
-        self.catalog = set(catalog)
+        self._catalog = catalog
+
+    @property
+    def catalog(self) -> set[str]:
+        return set(self._catalog() if callable(self._catalog) else self._catalog)
 
     def resolve(self, name: str, *, param: str = "session.audio.output.voice",
                 event_id: str | None = None) -> str:
         """The engine voice for ``name`` (an OpenAI name from the table, or a catalog name); RealtimeError
         with ``param`` when there is none."""
         voice = self.table.get(name.lower(), name)
-        if voice in self.catalog:
+        catalog = self.catalog
+        if voice in catalog:
             return voice
-        known = ", ".join(sorted(self.catalog)[:24]) or "none installed"
-        mapped = [n for n, v in sorted(self.table.items()) if v in self.catalog]
+        known = ", ".join(sorted(catalog)[:24]) or "none installed"
+        mapped = [n for n, v in sorted(self.table.items()) if v in catalog]
         if voice != name:
             why = f"Voice {name!r} maps to {voice!r}, which this server does not have"
         else:

@@ -10,6 +10,9 @@
   (which would drop the oldest input to catch up).
 - **Frames become events.** Each output frame goes to hybrid mode, the user-turn detector
   (``realtime_turns.py``) and the ``ResponseStream``; their events are sent.
+- **The persona and voice change live.** ``change_prompt`` (a ``session.update`` of a started session)
+  re-anchors the slot on the new prompt plus the recent conversation between ticks; the pacer and the
+  frame loop keep running meanwhile. Hybrid mode's knowledge answers follow the new persona too.
 
 ``run()`` ends only with an exception: ``SessionClosed`` (its ``cause`` says who ended it), or
 ``AtCapacity`` / ``BadSessionRequest`` / ``EngineError`` from the open; the connection turns it into the
@@ -27,8 +30,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from bizra_voice import constants as C
-from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SessionSpec
-from bizra_voice.realtime import RealtimeError, ResponseStream, SessionState, new_id
+from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SessionClosed, SessionSpec
+from bizra_voice.hybrid import MAX_PERSONA_CHARS
+from bizra_voice.realtime import LiveChange, RealtimeError, ResponseStream, SessionState, new_id
 from bizra_voice.realtime import server_events as E
 from bizra_voice.serve.pacer import AudioPacer
 from bizra_voice.serve.realtime_turns import UserTurns
@@ -116,6 +120,26 @@ class RealtimeEngine:
     def typed(self, text: str) -> None:
         """A typed user message for hybrid mode (answered once the engine session is open)."""
         self._spawn(self._typed(text))
+
+    async def change_prompt(self, change: LiveChange) -> dict[str, Any]:
+        """Apply a live persona and/or voice change; returns ``update_prompt``'s result once it is in effect.
+        Asked while the engine session opens, it waits for the open. Raises RealtimeError (refused or failed:
+        nothing changed) or SessionClosed (the session is ending; its end is told on its own)."""
+        await self._opened.wait()
+        try:
+            result = await self.live.update_prompt(change.instructions, change.engine_voice)
+        except SessionClosed:
+            raise
+        except BadSessionRequest as exc:
+            raise change.refused(str(exc)) from None
+        except EngineError as exc:
+            raise change.failed(str(exc)) from None
+        if change.instructions is not None and self.hybrid is not None:  # Qwen answers as the new persona
+            persona = change.instructions or self.host.engine_config.default_persona
+            self.hybrid.persona = (persona or "")[:MAX_PERSONA_CHARS] or None
+        log.info("realtime session %s: live %s change in %.1f ms", self.live.session_id,
+                 " and ".join(change.changed), result["prefill_ms"])
+        return result
 
     async def cancel_answer(self, reason: str) -> None:
         if self.hybrid is not None:  # a guided answer stops too (PersonaPlex's own words are its own)

@@ -12,6 +12,11 @@ session request such as an unknown ``voice_prompt`` (1008), an internal error (1
 response as ``failed``, sends an ``error`` event with its code, closes the socket with its close code and
 logs one line with the session id; ``serve/endings.py`` decides the codes. A client's bad event is no end:
 it gets a recoverable ``error`` naming its ``event_id``.
+
+**``session.update`` in order, live changes off the socket.** Updates are answered in the order they came.
+One that changes the persona or voice of a started session is applied by the engine (a re-prefill, up to
+seconds on a slow machine) in its own task: the socket keeps being read and the audio keeps flowing, and
+``session.updated`` goes out once the change is in effect; updates sent meanwhile wait behind it.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bizra_voice import protocol as P
-from bizra_voice.engine.api import AtCapacity, BadSessionRequest
+from bizra_voice.engine.api import AtCapacity, BadSessionRequest, SessionClosed
 from bizra_voice.realtime import (
     ClientEvent,
     Conversation,
     RealtimeError,
     RealtimeSettings,
     ResponseStream,
+    SessionChanges,
     SessionState,
+    SettingsUpdate,
     error_event,
     new_id,
     parse_client_event,
@@ -39,6 +48,8 @@ from bizra_voice.realtime.response_create import check_response
 from bizra_voice.realtime.voices import VoiceMap
 from bizra_voice.serve.endings import ClientGone, Ending, ending_for, log_ending
 from bizra_voice.serve.realtime_engine import ENDPOINT, RealtimeEngine, RealtimeHost
+
+log = logging.getLogger("ray.serve")
 
 
 class RealtimeSession:
@@ -51,10 +62,12 @@ class RealtimeSession:
                                     instructions=params.text_prompt or "",
                                     voice=params.voice_prompt or server.engine_config.default_voice,
                                     mode=params.mode, record=params.record)
-        voices = VoiceMap(server.config.realtime.voices, [v["name"] for v in server.runtime.voices()])
+        runtime = server.runtime
+        voices = VoiceMap(server.config.realtime.voices, lambda: [v["name"] for v in runtime.voices()])
         self.state = SessionState(settings, voices)
         self.responses = ResponseStream(self.state, Conversation())
         self.engine = RealtimeEngine(server, params, self.state, self.responses, self.send, accepted_at)
+        self.updates = SessionUpdates(self.state, self.engine, self.send)
         self.ending: Ending | None = None  # what the client was told, when the server ended the session
         self._send_lock = asyncio.Lock()
         self._closed = False
@@ -111,6 +124,7 @@ class RealtimeSession:
             else:
                 await self.close(P.CloseCode.NORMAL)
         finally:
+            await self.updates.close()
             await self.engine.close()
 
     async def _serve(self) -> BaseException | None:
@@ -165,8 +179,7 @@ class RealtimeSession:
             recorder.event({"direction": "in", "type": event.kind, "event_id": event.event_id})
         engine, state = self.engine, self.state
         if event.kind == "session.update":
-            state.apply(event.changes)  # type: ignore[arg-type]
-            await self.send(state.updated())
+            await self.updates.submit(event.changes)  # type: ignore[arg-type]
         elif event.kind == "append":
             engine.want()
             pcm = state.codec.decode(event.audio, event.event_id)  # type: ignore[union-attr, arg-type]
@@ -212,6 +225,79 @@ class RealtimeSession:
         for out in self.responses.conversation.user_text_item(event.item_id or new_id("item"), event.text):  # type: ignore[arg-type]
             await self.send(out)
         self.engine.typed(event.text)  # type: ignore[arg-type]
+
+
+class SessionUpdates:
+    """One connection's ``session.update`` events, answered in order; live changes run in their own task."""
+
+    def __init__(self, state: SessionState, engine: RealtimeEngine, send: Any) -> None:
+        self.state = state
+        self.engine = engine
+        self.send = send
+        self._last: asyncio.Task | None = None  # the latest update still in progress (later ones wait for it)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, changes: SessionChanges) -> None:
+        """Answer at once when nothing is in progress and no engine work is needed; otherwise queue it.
+        Raises RealtimeError for an update refused at once (the receive loop sends the error)."""
+        if self._last is None or self._last.done():
+            update = self.state.plan(changes)
+            if update.live is None:
+                self.state.commit(update)
+                await self.send(self.state.updated())
+                return
+            self._last = self._spawn(lambda: self._live(update), changes.event_id)
+        else:
+            previous = self._last
+            self._last = self._spawn(lambda: self._after(previous, changes), changes.event_id)
+
+    async def _after(self, previous: asyncio.Task, changes: SessionChanges) -> None:
+        await asyncio.wait([previous])  # its outcome is its own (answered or refused)
+        try:
+            update = self.state.plan(changes)  # against the settings the earlier updates left
+        except RealtimeError as exc:
+            await self.send(exc.event())
+            return
+        if update.live is None:
+            self.state.commit(update)
+            await self.send(self.state.updated())
+        else:
+            await self._live(update)
+
+    async def _live(self, update: SettingsUpdate) -> None:
+        change = update.live
+        assert change is not None
+        try:
+            result = await self.engine.change_prompt(change)
+        except RealtimeError as exc:
+            await self.send(exc.event())  # nothing changed: the old persona and voice stay
+            return
+        self.state.commit(update)
+        await self.send(self.state.updated(change.report(result)))
+
+    def _spawn(self, work: Callable[[], Awaitable[None]], event_id: str | None) -> asyncio.Task:
+        async def guarded() -> None:
+            try:
+                await work()
+            except (ClientGone, SessionClosed):  # the client left, or the session is ending (its end is told)
+                pass
+            except Exception as exc:  # a fault here must not pass unanswered, nor end the session
+                log.exception("session.update %s failed", event_id)
+                with contextlib.suppress(ClientGone):
+                    await self.send(error_event(f"session.update failed ({type(exc).__name__}); the session keeps "
+                                                "its settings.", "server_error", error_type="server_error",
+                                                event_id=event_id))
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _DrainHandle:
