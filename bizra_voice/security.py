@@ -8,6 +8,10 @@
 - **Origin allow-list**: a browser request whose ``Origin`` is not the server's own origin, not a
   localhost origin (unless disabled) and not listed in ``allowed_origins`` is refused (close 4403 /
   HTTP 403). Requests without ``Origin`` (non-browser clients) are not origin-checked; the token covers them.
+- **Session tickets** (``?session=<id>``, from ``POST /api/sessions``, which needs the token): a WebSocket
+  that presents one is origin-checked here but needs no token; the ticket store checks instead that the
+  ticket was made under the token this server holds (``token_tag``), so the long-lived token never has to
+  be in a WebSocket URL.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 TOKEN_SUBPROTOCOL_PREFIX = "bizra-token."
+_TAG_CONTEXT = b"bizra-voice session ticket"  # a token's tag is useless as the token itself
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -106,10 +111,21 @@ class AccessPolicy:
         own = _host_port(host_header, "https" if scheme in ("https", "wss") else "http") if host_header else None
         return own is not None and key.split("://", 1)[1] == own
 
-    def check(self, query: Mapping[str, str], headers: Mapping[str, str], scheme: str = "http") -> AccessDenied | None:
-        """None when the request may proceed, else why not (origin first: a foreign page learns nothing)."""
+    def token_tag(self) -> str | None:
+        """A keyed digest of the token (None without auth): what a session ticket records, so a ticket made
+        under one token is refused by a server holding another, without storing the token itself."""
+        if self.token is None:
+            return None
+        return hmac.new(self.token.encode("utf-8"), _TAG_CONTEXT, "sha256").hexdigest()
+
+    def check(self, query: Mapping[str, str], headers: Mapping[str, str], scheme: str = "http", *,
+              ticket: bool = False) -> AccessDenied | None:
+        """None when the request may proceed, else why not (origin first: a foreign page learns nothing).
+        ``ticket``: the request presents a session ticket, which stands in for the token (see above)."""
         if not self.origin_ok(headers.get("origin"), headers.get("host"), scheme):
             return AccessDenied(f"Origin {headers.get('origin')!r} is not allowed to use this server", 403, 4403)
+        if ticket:
+            return None
         if not self.token_ok(self.presented_token(query, headers)):
             missing = self.presented_token(query, headers) is None
             return AccessDenied("a valid access token is required" if missing else "the access token is wrong",

@@ -4,6 +4,10 @@ Accepts what PersonaPlex/moshi web clients send (``text_prompt``, ``voice_prompt
 ``text_temperature``, ``text_topk``, ``audio_temperature``, ``audio_topk``, ``text_seed``/``audio_seed``,
 ``pad_mult``, ``repetition_penalty``, ...) plus ours (``mode``, ``seed``, ``greedy``, ``record``,
 ``events``, ``token``). Parameters we do not use are ignored so an old client still connects.
+
+The same fields arrive as a JSON object in ``POST /api/sessions`` (:meth:`SessionParams.from_body`), which
+has no URL-length limit; there unknown fields are refused (a new API can catch a misspelt ``voice``), and
+the access token is never part of the body. ``session=<ticket>`` then stands for the whole request.
 """
 
 from __future__ import annotations
@@ -106,7 +110,26 @@ class SessionParams(BaseModel):
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> SessionParams:
         """Validate a query mapping; ``seed`` falls back to PersonaPlex's ``text_seed``. Raises BadParams."""
-        data: dict[str, Any] = dict(query)
+        return cls._validate(dict(query), "query parameter")
+
+    @classmethod
+    def from_body(cls, body: Any) -> SessionParams:
+        """Validate the JSON body of ``POST /api/sessions``: the query's fields and checks, as JSON values
+        (strings, numbers, booleans). Unknown fields and ``token`` are refused. Raises BadParams."""
+        if not isinstance(body, Mapping):
+            raise BadParams('The session request must be a JSON object, such as {"text_prompt": "You are ...", '
+                            '"voice_prompt": "NATF2"}.')
+        if "token" in body:
+            raise BadParams("The access token does not belong in the session request: send it as "
+                            "Authorization: Bearer <token> (or ?token=) with the POST.")
+        unknown = sorted(str(k) for k in body if k not in BODY_FIELDS)
+        if unknown:
+            raise BadParams(f"Unknown field {unknown[0][:40]!r} in the session request (the fields are "
+                            f"{', '.join(sorted(BODY_FIELDS))}).")
+        return cls._validate(dict(body), "field")
+
+    @classmethod
+    def _validate(cls, data: dict[str, Any], what: str) -> SessionParams:
         if "seed" not in data and "text_seed" in data:
             data["seed"] = data["text_seed"]
         if isinstance(data.get("mode"), str):
@@ -114,7 +137,7 @@ class SessionParams(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise BadParams(_one_sentence(exc)) from None
+            raise BadParams(_one_sentence(exc, what)) from None
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the engine's ``SamplingParams``."""
@@ -128,11 +151,23 @@ class SessionParams(BaseModel):
         }
 
 
-def _one_sentence(exc: ValidationError) -> str:
+# The fields of a POST /api/sessions body: the session's own (not the access token), plus PersonaPlex's
+# name for the seed. TICKET_PARAM in a URL stands for all of them (see session_fields_in).
+BODY_FIELDS = frozenset(SessionParams.model_fields) - {"token"} | {"text_seed"}
+TICKET_PARAM = "session"
+
+
+def session_fields_in(query: Mapping[str, str]) -> list[str]:
+    """The session fields a URL carries next to ``session=<ticket>``: refused, since the ticket already
+    holds the whole request and two sources would leave it unclear which one the session got."""
+    return sorted(k for k in query if k in BODY_FIELDS)
+
+
+def _one_sentence(exc: ValidationError, what: str = "query parameter") -> str:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first.get("loc", ())) or "query"
     msg = first.get("msg", "invalid value")
     msg = msg.removeprefix("Value error, ")
     value = first.get("input")
     shown = repr(value) if isinstance(value, (str, int, float)) and len(str(value)) <= 40 else "the given value"
-    return f"Invalid query parameter {field} ({shown}): {msg}."
+    return f"Invalid {what} {field} ({shown}): {msg}."

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve's proxy hook: over-long URLs and headers get their reason (414/431, 0x05) — as the README runs it
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "bizra_voice.serve.proxy_limits:proxy_middlewares")
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 # Ray starts its workers at nice 15 (raylet's worker_niceness): the engine's tick thread would then lose the
 # CPU to every ordinary process here — this test client, Chromium, the rest of the suite. At 0 it competes

@@ -202,4 +202,5 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
     assert re.fullmatch(r"Voice updated live in \d+ ms \(voice NATF1\), no reconnect\.", voice_status), voice_status
     assert state == "connected"
     assert len(sockets) == 1, sockets  # one connection for the whole test: no reconnect happened
+    assert "session=" in sockets[0] and "text_prompt" not in sockets[0], sockets  # a ticket, not a long URL
     assert console_errors == [], f"console errors: {console_errors}"

@@ -11,6 +11,8 @@ import { EnergyVad } from './core/vad.js';
 import { RttMeter } from './core/rtt.js';
 import { ConversationLog } from './ui/conversation.js';
 import { StatusView } from './ui/status.js';
+import { VoiceUploadPanel } from './ui/voice-upload.js';
+import { LivePersona } from './ui/live-persona.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,6 +23,7 @@ const ui = {
 };
 const log = new ConversationLog($('conversation'));
 const status = new StatusView(document);
+const livePersona = new LivePersona({ persona: $('persona'), voice: $('voice'), apply: $('persona-apply'), status: $('live-status') });
 const pageParams = new URLSearchParams(location.search);
 
 let call = null; // everything that lives for one connection
@@ -31,8 +34,9 @@ function showError(message) {
 }
 
 function setBusyControls(busy) {
-  for (const el of [ui.voice, ui.mode, ui.persona, ui.record, ...ui.numbers]) el.disabled = busy;
   const live = Boolean(call && call.session && call.session.live);
+  for (const el of [ui.mode, ui.record, ...ui.numbers]) el.disabled = busy;
+  for (const el of [ui.voice, ui.persona]) el.disabled = busy && !live; // changed live: ui/live-persona.js
   ui.ask.disabled = ui.askSend.disabled = !live;
   ui.connect.querySelector('.label').textContent = !busy ? 'Connect and talk' : live ? 'Disconnect' : 'Cancel';
 }
@@ -108,6 +112,7 @@ async function connect(reconnects = 0) {
       c.reconnects = 0; // a live session again: later losses get their own retries
       status.setState('connected', 'Connected: speak any time');
       setBusyControls(true);
+      livePersona.attach((ev) => c.session.sendEvent(ev));
     },
     onAudio: (bytes) => { c.framesReceived++; c.decoder.push(bytes); },
     onText: (piece) => log.assistantText(piece),
@@ -129,6 +134,7 @@ function onMicFrame(c, frame) {
 }
 
 function onServerEvent(c, ev) {
+  if (livePersona.onServerEvent(ev)) return; // the answer to a live persona/voice change
   switch (ev.type) {
     case 'session.started':
       ui.devBanner.hidden = !ev.cpu_dev_profile;
@@ -142,6 +148,7 @@ function onServerEvent(c, ev) {
     case 'transcript.user': if (ev.text) log.user(ev.text); break;
     case 'router.decision': log.router(ev); break;
     case 'knowledge.answer': log.knowledgeAnswer(ev); break;
+    case 'tool.call': case 'tool.result': log.tool(ev); break;
     // Nothing the user sent may vanish silently: say what the server could not take, and why.
     case 'user.text.rejected': log.note(`Your message was not sent: ${ev.reason}.`); break;
     case 'transcript.error': log.note(`What you just said could not be transcribed: ${ev.reason}.`); break;
@@ -182,7 +189,7 @@ async function teardown(c) {
   c.encoder?.close();
   c.decoder?.close();
   await c.engine.stop();
-  if (call === c) { call = null; setBusyControls(false); }
+  if (call === c) { call = null; livePersona.detach(); setBusyControls(false); }
 }
 
 async function disconnect() {
@@ -190,7 +197,7 @@ async function disconnect() {
   if (!c) return;
   c.userClosed = true;
   if (c.session && c.session.ws) c.session.close();
-  else { await teardown(c); status.setState('closed', 'Disconnected'); }
+  else { c.session?.close(); await teardown(c); status.setState('closed', 'Disconnected'); } // also stops a setup under way
 }
 
 ui.form.addEventListener('submit', (ev) => {
@@ -223,20 +230,8 @@ setInterval(() => {
 }, 250);
 
 async function loadServerInfo() {
-  try {
-    const res = await fetch('api/voices');
-    if (res.ok) {
-      const { voices = [], default: def } = await res.json();
-      if (voices.length) {
-        ui.voice.replaceChildren(...voices.map((v) => {
-          const name = typeof v === 'string' ? v : v.name;
-          const opt = new Option(v.kind && v.kind !== 'preset' ? `${name} (${v.kind})` : name, name);
-          opt.selected = name === def;
-          return opt;
-        }));
-      }
-    }
-  } catch { /* a server without api/voices (PersonaPlex's own) still works with the default voice */ }
+  // The voice list (custom voices marked) and, when the server allows it, uploading one: ui/voice-upload.js
+  await new VoiceUploadPanel({ select: ui.voice, token: pageParams.get('token') || undefined }).refresh(null);
   try {
     const res = await fetch('api/health');
     if (res.ok) ui.devBanner.hidden = !(await res.json()).cpu_dev_profile;

@@ -2,7 +2,7 @@
 // sends it once the persona and voice are prefilled; audio before it would be out of turn), then
 // routes each message kind to a callback. Knows the protocol, not the DOM or Web Audio.
 
-import { Kind, decodeMessage, encodeAudio, encodeMetadata, isHandshake, buildChatUrl, describeClose } from './core/protocol.js';
+import { Kind, decodeMessage, encodeAudio, encodeMetadata, isHandshake, createSessionUrl, describeClose } from './core/protocol.js';
 
 const PING_INTERVAL_MS = 2000;
 const UNANSWERED_PINGS_BEFORE_GIVING_UP = 3; // PersonaPlex's own server has no pong: stop asking it
@@ -20,10 +20,20 @@ export class ChatSession {
     this.serverError = null;
     this.pingsSent = 0;
     this.pongsSeen = 0;
+    this.abandoned = false; // close() before the WebSocket exists: do not open it
   }
 
-  open(pageUrl, params) {
-    const ws = new WebSocket(buildChatUrl(pageUrl, params));
+  /** Set the session up (POST api/sessions: any persona length) and connect with its ticket. */
+  async open(pageUrl, params, fetchFn = globalThis.fetch) {
+    let url;
+    try {
+      url = await createSessionUrl(pageUrl, params, fetchFn);
+    } catch (err) {
+      if (!this.abandoned) this.h.onClose({ code: 0, reason: '', message: err.message, wasLive: false });
+      return;
+    }
+    if (this.abandoned) return; // cancelled while the session was being set up
+    const ws = new WebSocket(url);
     ws.binaryType = 'arraybuffer';
     ws.onmessage = (ev) => this.handle(ev.data);
     ws.onclose = (ev) => this.closed(ev);
@@ -86,6 +96,7 @@ export class ChatSession {
   }
 
   close() {
+    this.abandoned = true;
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'client disconnect');
   }
 

@@ -72,6 +72,57 @@ export function buildChatUrl(pageUrl, params) {
   return url.toString();
 }
 
+/**
+ * Split the form's session parameters into the JSON body of POST /api/sessions (empty values left out,
+ * so the server's defaults apply) and the access token, which travels as a header, never in the body.
+ */
+export function sessionRequest(params) {
+  const { token, ...rest } = params;
+  const body = {};
+  for (const [key, value] of Object.entries(rest)) {
+    if (value === undefined || value === null || value === '') continue;
+    body[key] = value;
+  }
+  return { body, token: token || null };
+}
+
+/** HTTP answers meaning "this server sets up no sessions by POST" (PersonaPlex's own server, or tickets
+ * not deployed): then the parameters go in the WebSocket URL as before. */
+export const NO_SESSION_SETUP = Object.freeze([404, 405, 501, 503]);
+
+export class SessionSetupError extends Error {
+  constructor(message, status = 0) { super(message); this.name = 'SessionSetupError'; this.status = status; }
+}
+
+/**
+ * The WebSocket URL of a new session: POST the request to api/sessions (next to the page) and connect with
+ * the single-use ticket it returns, so a persona of any length fits and the long-lived token stays out of
+ * the URL. `fetchFn` is `fetch` (a stand-in in tests). A refusal (bad value, 401, 413, ...) throws a
+ * SessionSetupError carrying the server's sentence.
+ */
+export async function createSessionUrl(pageUrl, params, fetchFn = globalThis.fetch) {
+  const { body, token } = sessionRequest(params);
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetchFn(new URL('api/sessions', pageUrl).toString(), { method: 'POST', headers, body: JSON.stringify(body) });
+  } catch (err) {
+    throw new SessionSetupError(`Could not reach the server to set up the session (${err.message || err}).`);
+  }
+  if (res.ok) {
+    const ticket = await res.json().catch(() => null);
+    if (!ticket || typeof ticket.id !== 'string' || !ticket.id) {
+      throw new SessionSetupError('The server answered the session request without a ticket.', res.status);
+    }
+    return buildChatUrl(pageUrl, { session: ticket.id });
+  }
+  if (NO_SESSION_SETUP.includes(res.status)) return buildChatUrl(pageUrl, params);
+  let said = null;
+  try { said = (await res.json()).error; } catch { /* not JSON: the status says enough */ }
+  throw new SessionSetupError(said || `The server refused the session (HTTP ${res.status}).`, res.status);
+}
+
 /** PersonaPlex's clients name preset voices by their file ("NATM1.pt"); a bare name is also accepted. */
 export function voicePromptParam(voice) {
   if (!voice) return '';
