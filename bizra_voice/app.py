@@ -16,6 +16,7 @@ from ray.serve import Application
 from bizra_voice.config import CPU_DEV_WARNING, AppConfig
 from bizra_voice.config_errors import ConfigError, config_error
 from bizra_voice.serve import preflight
+from bizra_voice.serve.autoscaling import warm_every_gpu_policy
 
 log = logging.getLogger("ray.serve")
 
@@ -65,29 +66,37 @@ def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
     voice: dict[str, Any] = {
         "max_ongoing_requests": vs.max_ongoing_requests(slots),
         "ray_actor_options": {"num_gpus": vs.num_gpus, "num_cpus": vs.num_cpus},
-        "health_check_period_s": 10.0,
+        "health_check_period_s": 5.0,  # a retired node's replica is replaced within ~15 s
         "graceful_shutdown_timeout_s": 20.0,
     }
     autoscaling = vs.autoscaling_config(slots)
     if autoscaling is None:
         voice["num_replicas"] = vs.min_replicas or 1
     else:
+        if vs.warm_every_gpu:  # one replica per GPU share of the cluster, whatever the load
+            autoscaling["policy"] = warm_every_gpu_policy(vs.num_gpus)
         voice["autoscaling_config"] = autoscaling
-    qwen = {
-        "num_replicas": config.qwen.num_replicas,
-        "max_ongoing_requests": config.qwen.max_ongoing_requests,
-        "ray_actor_options": {"num_gpus": config.qwen.num_gpus, "num_cpus": config.qwen.num_cpus},
+    kn = config.knowledge
+    knowledge = {  # a gateway client holds no model: no GPU share for it, whatever the section says
+        "num_replicas": kn.num_replicas,
+        "max_ongoing_requests": kn.max_ongoing_requests,
+        "ray_actor_options": {"num_gpus": kn.num_gpus if kn.local else 0.0, "num_cpus": kn.num_cpus},
     }
     router = {"num_replicas": 1, "max_ongoing_requests": 1000,
               "ray_actor_options": {"num_cpus": config.router.num_cpus}}
     tr = config.transcriber
     transcriber = {"num_replicas": tr.num_replicas, "max_ongoing_requests": tr.max_ongoing_requests,
                    "ray_actor_options": {"num_gpus": tr.num_gpus, "num_cpus": tr.num_cpus}}
-    return {"VoiceServer": voice, "QwenKnowledge": qwen, "ModeRouter": router, "Transcriber": transcriber}
+    # One replica: it is the single store every VoiceServer replica consumes tickets from (single use).
+    tickets = {"num_replicas": 1, "max_ongoing_requests": 1000,
+               "ray_actor_options": {"num_cpus": config.sessions.num_cpus}}
+    return {"VoiceServer": voice, kn.deployment_name: knowledge, "ModeRouter": router, "Transcriber": transcriber,
+            "SessionTickets": tickets}
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> QwenKnowledge (+ Transcriber).
+    """Validate ``args`` as an ``AppConfig`` and bind VoiceServer -> ModeRouter -> the knowledge deployment
+    (``QwenKnowledge``, or ``GatewayKnowledge`` with ``knowledge.backend: openai``) (+ Transcriber).
 
     An invalid config raises ``ConfigError`` (or ``ProfileUnavailable``) whose message is one sentence
     naming the key and the fix; see ``serve/preflight.py`` for how ``serve run`` shows it and exits.
@@ -98,22 +107,30 @@ def build_app(args: dict[str, Any]) -> Application:
         preflight.fail(exc, args)  # from `serve run config.yaml`: told on its console, the CLI stopped
     if config.cpu_dev:
         log.warning(CPU_DEV_WARNING)
+    for note in config.deprecations:
+        log.warning(note)
 
     from bizra_voice.serve.mode_router import ModeRouter
-    from bizra_voice.serve.qwen import QwenKnowledge
+    from bizra_voice.serve.qwen import KnowledgeModel
     from bizra_voice.serve.transcriber import Transcriber
     from bizra_voice.serve.voice_server import VoiceServer
 
     opts = deployment_options(config)
-    qwen = None
-    if config.qwen.enabled:
-        qwen_cfg = config.qwen.model_dump()
-        model_dir = str(config.tiny_qwen_dir) if config.qwen.tiny_random else None
-        qwen = QwenKnowledge.options(**opts["QwenKnowledge"]).bind(qwen_cfg, model_dir)
-    router = ModeRouter.options(**opts["ModeRouter"]).bind(config.router.model_dump(), qwen)
+    knowledge = None
+    kn = config.knowledge
+    if kn.enabled:
+        name = kn.deployment_name
+        model_dir = str(config.tiny_qwen_dir) if kn.local and kn.tiny_random else None
+        knowledge = KnowledgeModel.options(name=name, **opts[name]).bind(
+            kn.model_dump(), config.tools.model_dump(), model_dir)
+    router = ModeRouter.options(**opts["ModeRouter"]).bind(config.router.model_dump(), knowledge, kn.label)
     transcriber = None
     if config.transcriber.enabled:
         model_dir = str(config.tiny_whisper_dir) if config.transcriber.tiny_random else None
         transcriber = Transcriber.options(**opts["Transcriber"]).bind(config.transcriber.model_dump(), model_dir)
-    return VoiceServer.options(**opts["VoiceServer"]).bind(config.model_dump(mode="json"), router, qwen,
-                                                           transcriber)
+    from bizra_voice.serve.tickets import SessionTickets
+
+    tickets = SessionTickets.options(**opts["SessionTickets"]).bind(config.sessions.ticket_ttl_s,
+                                                                    config.sessions.max_pending)
+    return VoiceServer.options(**opts["VoiceServer"]).bind(config.model_dump(mode="json"), router, knowledge,
+                                                           transcriber, tickets=tickets)

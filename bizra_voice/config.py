@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from bizra_voice import constants as C
 from bizra_voice.engine.config import EngineConfig
+from bizra_voice.knowledge.config import KnowledgeConfig, QwenConfig, ToolsConfig
 from bizra_voice.realtime.config import RealtimeConfig
 from bizra_voice.serve.autoscaling import POLICY_PATH as AUTOSCALING_POLICY
 
@@ -48,12 +48,23 @@ class VoiceServerConfig(_Strict):
                                    "target before a replica is added.")
     downscale_delay_s: float = Field(300.0, ge=0.0, description="Autoscaling: how long load must stay below "
                                      "the target before a replica is stopped; its sessions are drained first.")
+    warm_every_gpu: bool = Field(False, description="Keep one replica per GPU share of the cluster's alive "
+                                 "nodes running whatever the load (a GPU node joins -> a replica follows); "
+                                 "load can still add more, up to max_replicas. Needs num_gpus > 0 and "
+                                 "max_replicas > min_replicas.")
     reject_margin: int = Field(2, ge=1, le=32, description="Requests a full replica still accepts so that "
                                "it can tell the client 'at capacity' (1013) instead of leaving it queued.")
     stats_interval_s: float = Field(2.0, gt=0.0, description="Period of session.stats events.")
     client_dir: str | None = Field(None, description="Folder served at / (default: the repo's client/).")
     debug_record_dir: str | None = Field(None, description="TEST HOOK: write each session's decoded input "
                                          "PCM and output text tokens to <dir>/<session_id>.npz on close.")
+
+    @model_validator(mode="after")
+    def _warm_needs_gpu_shares(self) -> VoiceServerConfig:
+        if self.warm_every_gpu and (self.num_gpus <= 0 or self.max_replicas <= self.min_replicas):
+            raise ValueError("warm_every_gpu keeps one replica per GPU share: set num_gpus above 0 and "
+                             "max_replicas above min_replicas (the most GPU shares the cluster may hold)")
+        return self
 
     def max_ongoing_requests(self, slots: int) -> int:
         """``slots``: the engine's slot count, or its upper bound when it is measured at start ('auto')."""
@@ -72,27 +83,6 @@ class VoiceServerConfig(_Strict):
             # the replicas' measured capacity, not a deploy-time number, sets the target (serve/autoscaling.py)
             "policy": {"policy_function": AUTOSCALING_POLICY},
         }
-
-
-class QwenConfig(_Strict):
-    """The knowledge model (hybrid mode)."""
-
-    enabled: bool = True
-    model: str = Field(C.QWEN_REPO, description="HF repo id or local folder of a causal LM with a chat template.")
-    tiny_random: bool = Field(False, description="Generate a tiny random Qwen2 + local tokenizer (CPU dev).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_new_tokens: int = Field(96, ge=1, le=2048)
-    max_input_tokens: int = Field(2048, ge=32)
-    system_prompt: str = Field(
-        "You are the knowledge module of a voice assistant. Answer in one to three short spoken sentences, "
-        "no lists, no markdown.", max_length=4000)
-    num_gpus: float = Field(0.0, ge=0.0, le=8.0)
-    num_cpus: float = Field(0.0, ge=0.0)
-    num_replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(4, ge=1)
-    gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0, description="Cap of this process's "
-                                              "CUDA allocator (fractional num_gpus does not cap memory).")
 
 
 class TranscriberConfig(_Strict):
@@ -158,6 +148,18 @@ class ReliabilityConfig(_Strict):
                                   "the session.draining event and the 1001 close.")
 
 
+class SessionsConfig(_Strict):
+    """``POST /api/sessions``: session requests stored as single-use tickets in the ``SessionTickets``
+    deployment (bizra_voice/session_tickets.py), so a WebSocket URL needs only ``?session=<id>``."""
+
+    ticket_ttl_s: float = Field(60.0, ge=5.0, le=3600.0, description="How long a ticket may wait for its "
+                                "WebSocket; it opens one session.")
+    max_pending: int = Field(1000, ge=1, le=100_000, description="Unused tickets kept at once; more get 429.")
+    max_body_kb: float = Field(64.0, ge=4.0, le=1024.0, description="Largest request body (KiB; 413 past it). "
+                               "A 4000-character persona is at most ~48 KiB of JSON.")
+    num_cpus: float = Field(0.0, ge=0.0, description="CPU reserved for the SessionTickets replica.")
+
+
 class RecordingConfig(_Strict):
     """Consent-gated recording (bizra_voice/recording.py): only sessions opened with ``record=1`` are stored,
     and only while ``enabled``; nothing is written otherwise."""
@@ -165,6 +167,18 @@ class RecordingConfig(_Strict):
     enabled: bool = Field(False, description="Operator switch; off = no session is ever recorded.")
     dir: str | None = Field(None, description="Where session folders go (default <cache_dir>/recordings).")
     retention_days: float = Field(30.0, ge=0.0, description="Folders older than this are deleted (0 = keep).")
+
+
+class VoicesConfig(_Strict):
+    """Voices of one's own (bizra_voice/voice_upload.py): ``POST /api/voices`` / ``DELETE /api/voices/<name>``.
+    Off by default: then the routes answer 403 and nothing is read from or written to the uploads folder."""
+
+    uploads: bool = Field(False, description="Operator switch: let clients holding the access token upload "
+                          "voices, stored in <cache_dir>/voices-custom on this node.")
+    max_voices: int = Field(32, ge=1, le=1000, description="Uploaded voices that may exist at once (per node).")
+    max_upload_mb: float = Field(16.0, gt=0.0, le=64.0, description="Largest upload accepted (MiB).")
+    max_seconds: float = Field(30.0, ge=3.0, le=30.0, description="Longest recording accepted (s); at least "
+                               "2 s are always required.")
 
 
 class AppConfig(_Strict):
@@ -177,14 +191,46 @@ class AppConfig(_Strict):
                               "<cache_dir>/tiny-personaplex on first start and reuse them.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     voice_server: VoiceServerConfig = Field(default_factory=VoiceServerConfig)
-    qwen: QwenConfig = Field(default_factory=QwenConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)  # hybrid mode: local Qwen or a gateway
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)  # MCP servers the knowledge model may call
+    qwen: QwenConfig | None = Field(None, exclude=True, description="Deprecated: the old name of `knowledge` "
+                                    "(backend local). After loading it holds the colocated Qwen deployment's "
+                                    "settings as `knowledge` sets them (disabled with a gateway).")
     router: RouterConfig = Field(default_factory=RouterConfig)
     transcriber: TranscriberConfig = Field(default_factory=TranscriberConfig)
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     recording: RecordingConfig = Field(default_factory=RecordingConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)  # POST /api/sessions tickets
+    voices: VoicesConfig = Field(default_factory=VoicesConfig)  # uploads of one's own voices (off by default)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)  # /v1/realtime: voice names, bursts
+
+    _deprecations: list[str] = PrivateAttr(default_factory=list)
+    _knowledge_key: str = PrivateAttr("knowledge")
+
+    @model_validator(mode="after")
+    def _knowledge_from_qwen(self) -> AppConfig:
+        """Read the old ``qwen:`` section into ``knowledge`` (said once in the log by ``build_app``)."""
+        if self.qwen is not None:
+            if "knowledge" in self.model_fields_set:
+                raise ValueError("`qwen` is the old name of `knowledge`: keep only the `knowledge` section")
+            self.knowledge = KnowledgeConfig(**self.qwen.model_dump(exclude_unset=True))
+            self._knowledge_key = "qwen"
+            self._deprecations.append("`args.qwen` is deprecated: rename the section to `args.knowledge` (same "
+                                      "keys; `backend: local` is the default, `backend: openai` uses a gateway)")
+        self.qwen = self.knowledge.local_view()
+        return self
+
+    @property
+    def deprecations(self) -> list[str]:
+        """Old keys this config still used (one log line each at start)."""
+        return list(self._deprecations)
+
+    @property
+    def knowledge_key(self) -> str:
+        """The section the knowledge model's settings were written in, for sentences naming a key."""
+        return self._knowledge_key
 
     @model_validator(mode="after")
     def _cpu_dev_is_tiny(self) -> AppConfig:
@@ -209,10 +255,15 @@ class AppConfig(_Strict):
         return Path(self.recording.dir or Path(self.cache_dir) / "recordings").expanduser()
 
     @property
+    def voice_uploads_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() / "voices-custom"
+
+    @property
     def tiny_whisper_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() / "tiny-whisper"
 
     @property
     def needs_gpu(self) -> bool:
-        return (self.voice_server.num_gpus > 0 or (self.qwen.enabled and self.qwen.num_gpus > 0)
+        knowledge = self.knowledge
+        return (self.voice_server.num_gpus > 0 or (knowledge.enabled and knowledge.local and knowledge.num_gpus > 0)
                 or (self.transcriber.enabled and self.transcriber.num_gpus > 0))

@@ -10,10 +10,17 @@ injected async callables, so it runs (and is tested) without Ray:
 - every produced frame (``on_output``): PersonaPlex's own turn-taking (a word while the user pauses ends
   the user turn early), the assistant text for the memory, and the first guided word (latency figures).
 
-A turn: ``route`` (ModeRouter.decide_turn) -> ``router.decision``; if hybrid, ``answer`` (Qwen, streamed)
-must yield its first piece within ``deadline_ms`` or the turn falls back to standalone (a second
-``router.decision`` with ``fallback: true`` says why). Streamed pieces become ``knowledge.answer`` events
-and, cut at word boundaries and re-tokenised with PersonaPlex's SentencePiece model, guidance tokens.
+A turn: ``route`` (ModeRouter.decide_turn) -> ``router.decision``; if hybrid, ``answer`` (the knowledge
+model, streamed) must yield its first piece within ``deadline_ms`` or the turn falls back to standalone (a
+second ``router.decision`` with ``fallback: true`` says why). Streamed pieces become ``knowledge.answer``
+events and, cut at word boundaries and re-tokenised with PersonaPlex's SentencePiece model, guidance tokens.
+
+The stream may also carry events (dicts): ``tool.call`` / ``tool.result`` of the server-side tools the
+model calls (passed on with the turn id; while a tool works the deadline for the next item is the tool's
+timeout plus ``deadline_ms``), and ``knowledge.failed`` (the deployment's reason when the answer failed).
+No dead air: until answer tokens exist, PersonaPlex keeps talking and listening on its own (full duplex;
+guidance only replaces its words once there are words to say), and a wait that outlives its bound falls
+back to standalone with the reason, so the session is never silent or stuck.
 
 Where the parts live (one concern each): answer text -> PersonaPlex tokens, ``answer_tokens.py``; guidance
 extended while it is spoken without dropping or repeating a token, ``answer_guidance.py``; a turn's state
@@ -59,9 +66,11 @@ class HybridController:
                  answer: AnswerFn | None, transcribe: TranscribeFn | None, persona: str | None = None,
                  deadline_ms: float = 1500.0, config: Any = None,
                  guidance_factory: Callable[[Any], Any] = EngineGuidance,
-                 clock: Callable[[], float] = time.perf_counter, detect_turns: bool = True) -> None:
+                 clock: Callable[[], float] = time.perf_counter, detect_turns: bool = True,
+                 knowledge_label: str = "Qwen", tool_timeout_s: float = 8.0) -> None:
         """``detect_turns=False``: the caller runs its own ``TurnDetector`` and hands its events to
-        ``on_turn_event`` (the Realtime endpoint, whose clients also see those events)."""
+        ``on_turn_event`` (the Realtime endpoint, whose clients also see those events).
+        ``knowledge_label`` names the model in reasons; ``tool_timeout_s`` is the tools' ``call_timeout_s``."""
         from bizra_voice.config import HybridConfig
 
         self.live = live
@@ -73,6 +82,8 @@ class HybridController:
         self.transcribe = transcribe
         self.persona = (persona or "")[:MAX_PERSONA_CHARS] or None
         self.deadline_ms = deadline_ms
+        self.knowledge = f"the knowledge model ({knowledge_label})"
+        self.tool_timeout_s = tool_timeout_s
         self.config = config or HybridConfig()
         self.guidance_factory = guidance_factory
         self.clock = clock
@@ -268,21 +279,9 @@ class HybridController:
         stream = self.answer(turn.text, context, self.persona)
         iterator = stream.__aiter__()
         try:
-            first = await asyncio.wait_for(iterator.__anext__(), timeout=self.deadline_ms / 1000.0)
-        except asyncio.TimeoutError:
-            _cancel_stream(stream)
-            await self._fallback(turn, user_turn, f"the knowledge model (Qwen) gave no first token within the "
-                                 f"{self.deadline_ms:.0f} ms deadline")
-            return
-        except StopAsyncIteration:
-            await self._fallback(turn, user_turn, "the knowledge model (Qwen) returned an empty answer")
-            return
-        except asyncio.CancelledError:  # superseded or cancelled before the first piece: Qwen stops too
-            _cancel_stream(stream)
-            raise
-        except Exception as exc:
-            _cancel_stream(stream)
-            await self._fallback(turn, user_turn, f"the knowledge model (Qwen) failed ({type(exc).__name__})")
+            first = await self._first_piece(turn, stream, iterator, t_ask)
+        except _NoAnswer as why:
+            await self._fallback(turn, user_turn, str(why))
             return
         turn.t_first_piece = self.clock()
         turn.timings["qwen_first_token_ms"] = self._ms(t_ask)
@@ -300,8 +299,8 @@ class HybridController:
                 tokens = splitter.feed(piece)
                 turn.total_tokens += len(tokens)
                 await turn.guidance.extend(tokens)
-                piece, cut = await self._next_piece(stream, iterator, deadline)
-        except asyncio.CancelledError:  # barge-in, a client cancel or a newer turn: Qwen stops too
+                piece, cut = await self._next_piece(turn, stream, iterator, deadline, t_ask)
+        except asyncio.CancelledError:  # barge-in, a client cancel or a newer turn: the model stops too
             _cancel_stream(stream)
             raise
         tail = splitter.flush()
@@ -316,20 +315,80 @@ class HybridController:
             self._finish(turn, cancelled=False, said=turn.guided_frames,
                          reason="spoken" if turn.total_tokens else "nothing speakable in the answer")
 
-    async def _next_piece(self, stream: Any, iterator: Any, deadline: float) -> tuple[str | None, str | None]:
-        """The answer's next piece (None at its end) and, when Qwen is stopped early, why: a whole answer
-        may stream for ``answer_timeout_s``, and a replica failing mid-answer ends it with what it said."""
-        try:
-            return await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, deadline - self.clock())), None
-        except StopAsyncIteration:
-            return None, None
-        except asyncio.TimeoutError:
-            _cancel_stream(stream)
-            return None, (f"the knowledge model (Qwen) was still answering after {self.config.answer_timeout_s:g} s; "
-                          "the answer ends there")
-        except Exception as exc:  # a failing replica must not leave the turn unfinished
-            _cancel_stream(stream)
-            return None, f"the knowledge model (Qwen) failed mid-answer ({type(exc).__name__}); the answer ends there"
+    async def _first_piece(self, turn: TurnState, stream: Any, iterator: Any, t_ask: float) -> str:
+        """The answer's first text piece; tool events before it are passed on. Raises ``_NoAnswer`` (why)
+        when the model gives nothing in time: ``deadline_ms`` per step, the tool's timeout + ``deadline_ms``
+        while a tool works, and ``answer_timeout_s`` for all of it."""
+        tool: str | None = None  # the tool whose result is awaited
+        latest = t_ask + self.config.answer_timeout_s
+        while True:
+            step = self.deadline_ms / 1000.0 + (self.tool_timeout_s if tool is not None else 0.0)
+            overall = latest - self.clock() < step
+            try:
+                left = max(0.001, min(step, latest - self.clock()))
+                item = await asyncio.wait_for(iterator.__anext__(), timeout=left)
+            except asyncio.TimeoutError:
+                _cancel_stream(stream)
+                if overall:
+                    raise _NoAnswer(f"{self.knowledge} gave no answer within {self.config.answer_timeout_s:g} s") \
+                        from None
+                if tool is not None:
+                    raise _NoAnswer(f"the tool {tool!r} gave no result within {self.tool_timeout_s:g} s") from None
+                raise _NoAnswer(f"{self.knowledge} gave no first token within the {self.deadline_ms:.0f} ms "
+                                "deadline") from None
+            except StopAsyncIteration:
+                raise _NoAnswer(f"{self.knowledge} returned an empty answer") from None
+            except asyncio.CancelledError:  # superseded or cancelled before the first piece: the model stops too
+                _cancel_stream(stream)
+                raise
+            except Exception as exc:
+                _cancel_stream(stream)
+                raise _NoAnswer(f"{self.knowledge} failed ({type(exc).__name__})") from None
+            if isinstance(item, str):
+                return item
+            if item.get("type") == "knowledge.failed":
+                raise _NoAnswer(f"{self.knowledge} failed ({item.get('reason')})")
+            tool = item.get("name") if item.get("type") == "tool.call" else None
+            await self._tool_event(turn, item, t_ask)
+
+    async def _tool_event(self, turn: TurnState, event: dict, t_ask: float) -> None:
+        """A ``tool.call`` / ``tool.result`` of this turn's answer: to the client, and into the timings."""
+        kind = event.get("type")
+        if kind == "tool.call":
+            turn.timings.setdefault("tool_call_ms", self._ms(t_ask))  # ask -> the model's first call
+        elif kind == "tool.result":
+            turn.timings["tool_ms"] = round(turn.timings.get("tool_ms", 0.0) + float(event.get("ms") or 0.0), 1)
+            turn.timings["tool_calls"] = turn.timings.get("tool_calls", 0) + 1
+        else:
+            return
+        await self._send({**event, "turn_id": turn.turn_id})
+
+    async def _next_piece(self, turn: TurnState, stream: Any, iterator: Any, deadline: float,
+                          t_ask: float) -> tuple[str | None, str | None]:
+        """The answer's next text piece (None at its end) and, when the model is stopped early, why: a whole
+        answer may stream for ``answer_timeout_s``, and a failure mid-answer ends it with what it said.
+        Tool events on the way are passed on."""
+        while True:
+            try:
+                item = await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, deadline - self.clock()))
+            except StopAsyncIteration:
+                return None, None
+            except asyncio.TimeoutError:
+                _cancel_stream(stream)
+                return None, (f"{self.knowledge} was still answering after {self.config.answer_timeout_s:g} s; "
+                              "the answer ends there")
+            except Exception as exc:  # a failing replica must not leave the turn unfinished
+                _cancel_stream(stream)
+                return None, f"{self.knowledge} failed mid-answer ({type(exc).__name__}); the answer ends there"
+            if isinstance(item, str):
+                return item, None
+            if item.get("type") == "knowledge.failed":
+                return None, f"{self.knowledge} failed mid-answer ({item.get('reason')}); the answer ends there"
+            await self._tool_event(turn, item, t_ask)
+
+
+class _NoAnswer(Exception):
+    """No first piece of the answer: the turn falls back to standalone; ``str()`` is why."""
 
 
 def _cancel_stream(stream: Any) -> None:

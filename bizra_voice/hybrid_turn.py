@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 RouteFn = Callable[[str, str, "str | None", bool], Awaitable[dict]]  # (requested, text, previous route, typed)
-AnswerFn = Callable[[str, list, "str | None"], AsyncIterator[str]]  # (question, context, persona) -> pieces
+# (question, context, persona) -> text pieces, and tool.call / tool.result / knowledge.failed events (dicts)
+AnswerFn = Callable[[str, list, "str | None"], AsyncIterator["str | dict"]]
 TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]  # (pcm, sample rate) -> {"text", "ms", ...}
 EmitFn = Callable[[dict], Awaitable[None]]  # one event to the client
 
@@ -28,7 +29,7 @@ class TurnState:
     source: str  # "speech" | "typed"
     t_end: float  # end of the user turn (detected, or the typed message's arrival)
     timings: dict[str, float] = field(default_factory=dict)
-    guidance: Any = None  # the answer's EngineGuidance once Qwen's first piece arrived
+    guidance: Any = None  # the answer's EngineGuidance once the knowledge model's first piece arrived
     total_tokens: int = 0  # answer tokens handed to the engine so far
     guided_frames: int = 0  # frames the engine spoke from the answer so far
     answer_done: bool = False

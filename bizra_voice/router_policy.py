@@ -45,6 +45,7 @@ class RouterPolicyConfig:
     max_load: float = 1.0  # ongoing/capacity at or above which Qwen counts as overloaded
     deadline_ms: float = 1500.0  # Qwen first-token latency above which a turn stays standalone
     min_question_words: int = 3
+    label: str = "Qwen"  # how reasons name the knowledge model ("gateway <model>" for a gateway)
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,15 @@ class ModeRouterPolicy:
     def _qwen_problem(self, qwen: QwenStatus) -> str | None:
         if not self.config.allow_hybrid:
             return "hybrid mode is disabled in the server config"
+        name = f"the knowledge model ({self.config.label})"
         if not qwen.enabled:
-            return "the knowledge model (Qwen) is not deployed"
+            return f"{name} is not deployed"
         if not qwen.healthy:
-            return "the knowledge model (Qwen) is unhealthy" + (f": {qwen.detail}" if qwen.detail else "")
+            return f"{name} is unhealthy" + (f": {qwen.detail}" if qwen.detail else "")
         if qwen.load >= self.config.max_load:
-            return f"the knowledge model (Qwen) is at capacity ({qwen.ongoing}/{qwen.capacity} requests)"
+            return f"{name} is at capacity ({qwen.ongoing}/{qwen.capacity} requests)"
         if qwen.latency_ms is not None and qwen.latency_ms > self.config.deadline_ms:
-            return (f"the knowledge model (Qwen) answers in {qwen.latency_ms:.0f} ms, over the "
-                    f"{self.config.deadline_ms:.0f} ms deadline")
+            return f"{name} answers in {qwen.latency_ms:.0f} ms, over the {self.config.deadline_ms:.0f} ms deadline"
         return None
 
     def decide_session(self, requested: RequestedMode, qwen: QwenStatus) -> Decision:

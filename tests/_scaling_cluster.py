@@ -65,8 +65,8 @@ def main(cache_dir: str) -> dict:
             "tiny_engine": True,
             "engine": {"device": "cpu", "dtype": "float32", "slots": 2, "cuda_graphs": False},
             "voice_server": {"num_gpus": 0.7, "num_cpus": 1, "min_replicas": 2, "max_replicas": 2},
-            "qwen": {"enabled": True, "tiny_random": True, "device": "cpu", "dtype": "float32", "num_gpus": 0.2,
-                     "max_new_tokens": 8},
+            "knowledge": {"enabled": True, "tiny_random": True, "device": "cpu", "dtype": "float32", "num_gpus": 0.2,
+                          "max_new_tokens": 8},
             "transcriber": {"enabled": True, "tiny_random": True, "device": "cpu", "num_gpus": 0.1},
         }
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})

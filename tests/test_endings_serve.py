@@ -92,7 +92,7 @@ def strict_server(ray_session, cpu_server, cpu_args):
 
     args = copy.deepcopy(cpu_args)
     args["engine"].update({"slots": 1, "max_pending_frames": 1000, "behind_frames": 2, "behind_grace_s": 0.3})
-    args["qwen"]["enabled"] = False
+    args["knowledge"]["enabled"] = False
     args["transcriber"] = {**args.get("transcriber", {}), "enabled": False}
     args["recording"] = {"enabled": False}
     serve.run(build_app(args), name="bizra-strict", route_prefix="/strict", blocking=False)

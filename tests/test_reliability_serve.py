@@ -152,7 +152,7 @@ def deploy_rel_app(cpu_server: str, cpu_args: dict, name: str, prefix: str) -> s
     args = json.loads(json.dumps(cpu_args))
     args["voice_server"].update(min_replicas=2, max_replicas=2, debug_record_dir=None)
     args["engine"]["slots"] = 2
-    args["qwen"]["enabled"] = False
+    args["knowledge"]["enabled"] = False
     args["transcriber"] = {**args.get("transcriber", {}), "enabled": False}
     args["access"] = {"token": TOKEN, "allowed_origins": ["https://voice.example"]}
     args["reliability"] = {"drain_notice_s": 1.0}
@@ -437,7 +437,7 @@ def test_autoscaling_downscale_drains_the_stopped_replicas_session(cpu_server, c
     args["voice_server"].update(min_replicas=1, max_replicas=2, initial_replicas=2, target_session_fraction=1.0,
                                 upscale_delay_s=600.0, downscale_delay_s=DOWNSCALE_DELAY_S, debug_record_dir=None)
     args["engine"]["slots"] = 2
-    args["qwen"]["enabled"] = False
+    args["knowledge"]["enabled"] = False
     args["transcriber"] = {**args.get("transcriber", {}), "enabled": False}
     args["recording"] = {"enabled": False}
     args["reliability"] = {"drain_notice_s": 1.0}

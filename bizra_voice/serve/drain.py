@@ -39,3 +39,35 @@ async def watch_for_drain(on_drain: Callable[[], Awaitable[None]], interval_s: f
     while not flag():
         await asyncio.sleep(interval_s)
     await on_drain()
+
+
+def node_draining_flag() -> Callable[[], bool] | None:
+    """A function returning True once the Ray node this replica runs on is being drained (``ray drain-node``,
+    an autoscaler or KubeRay retiring it), or None where that cannot be read. Open-source Serve 2.53 does not
+    act on draining nodes itself, so the replica has to notice (read through Ray's state API, defensively)."""
+    try:
+        import ray
+        from ray._private.state import state
+
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+    def draining() -> bool:
+        try:
+            return node_id in state.get_draining_nodes()
+        except Exception:  # the GCS briefly unreachable: not a drain
+            return False
+
+    return draining
+
+
+async def watch_for_node_drain(on_drain: Callable[[], Awaitable[None]], interval_s: float = 0.5) -> None:
+    """Poll whether this replica's node is being drained and run ``on_drain`` once when it is."""
+    flag = node_draining_flag()
+    if flag is None:
+        log.info("node drain watcher unavailable (no Ray state access)")
+        return
+    while not await asyncio.to_thread(flag):
+        await asyncio.sleep(interval_s)
+    await on_drain()

@@ -1,7 +1,8 @@
 """Wires a ``HybridController`` (bizra_voice/hybrid.py) into a VoiceServer session.
 
 The controller gets Ray Serve handle calls as plain async callables: ``ModeRouter.decide_turn``,
-``QwenKnowledge.answer`` (streamed) and ``Transcriber.transcribe``. On ``/api/chat`` the session's
+the knowledge deployment's ``answer`` (streamed, with its tool events: ``events=True``; the local
+``QwenKnowledge`` or a ``GatewayKnowledge``) and ``Transcriber.transcribe``. On ``/api/chat`` the session's
 ``user.text`` client events, decoded PCM and produced frames are routed to it and its events go out as 0x04
 JSON; ``/v1/realtime`` (serve/realtime_engine.py) builds one with ``hybrid_controller`` and maps its events.
 """
@@ -29,7 +30,7 @@ def hybrid_controller(server: Any, live: Any, requested_mode: str, persona: str 
     answer = None
     if server.qwen is not None:
         def answer(question: str, context: list, persona: str | None):
-            return server.qwen.options(stream=True).answer.remote(question, context, persona)
+            return server.qwen.options(stream=True).answer.remote(question, context, persona, events=True)
 
     transcribe = None
     if server.transcriber is not None:
@@ -40,7 +41,8 @@ def hybrid_controller(server: Any, live: Any, requested_mode: str, persona: str 
         live=live, emit=emit, requested_mode=requested_mode, tokenizer=server.runtime.tokenizer,
         route=route, answer=answer, transcribe=transcribe,
         persona=persona or server.engine_config.default_persona,
-        deadline_ms=server.config.router.deadline_ms, config=server.config.hybrid, detect_turns=detect_turns)
+        deadline_ms=server.config.router.deadline_ms, config=server.config.hybrid, detect_turns=detect_turns,
+        knowledge_label=server.config.knowledge.label, tool_timeout_s=server.config.tools.call_timeout_s)
 
 
 def attach_hybrid(server: Any, session: Any, live: Any, params: Any) -> HybridController:

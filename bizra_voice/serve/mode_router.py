@@ -1,7 +1,9 @@
-"""ModeRouter: gathers Qwen's health and load and applies the pure ``ModeRouterPolicy``.
+"""ModeRouter: gathers the knowledge model's health and load and applies the pure ``ModeRouterPolicy``.
 
 Called once per session now (``decide_session``) and per user turn by hybrid mode (``decide_turn``);
-both are short stateless calls, which suits Ray Serve handles.
+both are short stateless calls, which suits Ray Serve handles. The knowledge deployment answers
+``status()`` the same way for the local Qwen and for a gateway (whose health is its probe's state), so
+the health, load and deadline rules are the same for both; ``knowledge_label`` names it in the reasons.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ log = logging.getLogger("ray.serve")
 
 @serve.deployment(name="ModeRouter")
 class ModeRouter:
-    def __init__(self, config: dict, qwen=None) -> None:
+    def __init__(self, config: dict, qwen=None, knowledge_label: str = "Qwen") -> None:
         self.config = RouterConfig.model_validate(config)
         self.policy = ModeRouterPolicy(RouterPolicyConfig(
             allow_hybrid=self.config.allow_hybrid, max_load=self.config.max_load,
-            deadline_ms=self.config.deadline_ms))
+            deadline_ms=self.config.deadline_ms, label=knowledge_label))
         self.qwen = qwen
         from bizra_voice.serve.metrics import router_decisions_counter
 
@@ -40,7 +42,7 @@ class ModeRouter:
             return QwenStatus(healthy=False, detail=type(exc).__name__)
         return QwenStatus(enabled=bool(raw.get("enabled", True)), healthy=bool(raw.get("healthy", False)),
                           ongoing=int(raw.get("ongoing", 0)), capacity=int(raw.get("capacity", 1)),
-                          latency_ms=raw.get("latency_ms"))
+                          latency_ms=raw.get("latency_ms"), detail=str(raw.get("detail") or ""))
 
     async def _status_for(self, requested: str) -> QwenStatus:
         # A standalone session never calls the knowledge model, not even for its status.

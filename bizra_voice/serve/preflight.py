@@ -89,7 +89,7 @@ def check_paths(config: AppConfig) -> None:
     if client_dir and not (_folder("voice_server.client_dir", client_dir) / "index.html").is_file():
         raise ConfigError(f"`args.voice_server.client_dir` ({_absolute(client_dir)}) holds no index.html: "
                           "point it at the repository's client/ folder or remove the key.")
-    for key, section in (("qwen", config.qwen), ("transcriber", config.transcriber)):
+    for key, section in ((config.knowledge_key, config.qwen), ("transcriber", config.transcriber)):
         if section.enabled and not section.tiny_random and looks_local(section.model):
             _folder(f"{key}.model", section.model)
     for key, value in (("cache_dir", config.cache_dir), ("engine.cache_dir", engine.cache_dir),

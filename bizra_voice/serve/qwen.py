@@ -1,130 +1,176 @@
-"""QwenKnowledge: the knowledge model of hybrid mode, a thin Ray Serve shell around transformers.
+"""The knowledge deployment of hybrid mode: a thin Ray Serve shell around a backend and the MCP tools.
 
-``answer(question, context)`` streams the answer text (use ``handle.options(stream=True)``); ``status()``
-is what the ModeRouter reads to decide whether hybrid turns can use it.
+``knowledge.backend: local`` loads the model here with transformers (deployment ``QwenKnowledge``);
+``openai`` streams from an OpenAI-compatible gateway (deployment ``GatewayKnowledge``, a CPU client). Either
+way the interface is the same, so the ModeRouter and the VoiceServer do not care which:
+
+- ``answer(question, context, persona, events=False)`` streams the answer text (``handle.options(stream=
+  True)``); with ``events=True`` also the ``tool.call`` / ``tool.result`` events of its tool calls and, if it
+  fails, a last ``knowledge.failed`` event with the reason (instead of an exception through Ray);
+- ``status()`` is what the ModeRouter reads: healthy (a gateway's probe state), load, recent first-token
+  latency, the tools offered.
+
+The MCP client lives here, one session per MCP server per replica (``knowledge/tools/mcp_toolbox.py``):
+the model's tool calls come out of this replica's completions, so they are run where they arise, and a
+stdio server is a child process of the replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 
-from bizra_voice.config import QwenConfig
-from bizra_voice.serve.cpu_share import yield_cpu_to_the_engine
-from bizra_voice.serve.model_cache import pick_device
+from bizra_voice.knowledge.answer_loop import answer_events
+from bizra_voice.knowledge.config import KnowledgeConfig, ToolsConfig
+from bizra_voice.knowledge.messages import question_messages
 
 log = logging.getLogger("ray.serve")
 
-
-def _dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, name)
+LATENCY_FRESH_S = 60.0  # an older first-token latency no longer keeps turns standalone (the next one re-measures)
 
 
-@serve.deployment(name="QwenKnowledge")
-class QwenKnowledge:
-    def __init__(self, config: dict, model_dir: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def _failure_reason(exc: BaseException) -> str:
+    from bizra_voice.knowledge.gateway import describe
 
-        self.config = QwenConfig.model_validate(config)
+    try:
+        return describe(exc)
+    except Exception:
+        return type(exc).__name__
+
+
+@serve.deployment(name="QwenKnowledge")  # build_app names it after the backend
+class KnowledgeModel:
+    async def __init__(self, config: dict, tools: dict | None = None, model_dir: str | None = None) -> None:
+        self.config = KnowledgeConfig.model_validate(config)
+        self.tools_config = ToolsConfig.model_validate(tools or {})
+        self.random_weights = self.config.local and self.config.tiny_random
+        self._probes: asyncio.Task | None = None
+        if self.config.local:
+            self.model, self.device, self.model_name = self._load_local(model_dir)
+        else:
+            from bizra_voice.knowledge.gateway import GatewayModel
+
+            api_env = self.config.api_key_env
+            self.model = GatewayModel(self.config, os.environ.get(api_env) if api_env else None)
+            self.device, self.model_name = "gateway", f"{self.config.model} at {self.config.base_url}"
+            await self.model.probe()  # known before the first session asks
+            self._probes = asyncio.create_task(self.model.run_probes())
+        self.toolbox = None
+        if self.tools_config.mcp and not self.tools_config.allow:
+            log.warning("tools.mcp lists %d MCP servers but tools.allow is empty: no tool is offered",
+                        len(self.tools_config.mcp))
+        if self.tools_config.enabled:
+            from bizra_voice.knowledge.tools.mcp_toolbox import McpToolbox
+
+            self.toolbox = McpToolbox(self.tools_config)
+            await self.toolbox.start()
+        self._ongoing = 0
+        self._answers = 0  # answer() calls so far (tests check that standalone sessions never call it)
+        self._lock = threading.Lock()
+        self._latency: tuple[float, float] | None = None  # (first-token ms, when) of the latest completion
+        from bizra_voice.serve.metrics import latency_histogram
+
+        self.first_token_hist = latency_histogram("bizra_qwen_first_token_ms", "Knowledge model: question (or "
+                                                  "tool result) -> first piece of its completion (ms).")
+        self.answer_hist = latency_histogram("bizra_qwen_answer_ms", "Knowledge model: question -> whole "
+                                             "answer, tool calls included (ms).")
+        log.info("%s ready: %s on %s%s", self.config.deployment_name, self.model_name, self.device,
+                 " (tiny RANDOM weights: answers are gibberish)" if self.random_weights else "")
+
+    def _load_local(self, model_dir: str | None) -> tuple[Any, str, str]:
+        from bizra_voice.knowledge.local import LocalModel
+        from bizra_voice.serve.cpu_share import yield_cpu_to_the_engine
+        from bizra_voice.serve.model_cache import pick_device
+
         device = pick_device(self.config.device, self.config.gpu_memory_fraction)
-        yield_cpu_to_the_engine(device, "QwenKnowledge")  # CPU: one thread, lower priority than the engine
+        yield_cpu_to_the_engine(device, self.config.deployment_name)  # CPU: one thread, lower priority than the engine
         if self.config.tiny_random:
             from bizra_voice.serve.tiny_qwen import make_tiny_qwen
 
             # Generated on the replica's node (a shared cache dir makes it once per node), then reused.
             model_dir = str(make_tiny_qwen(model_dir or self.config.model))
         source = model_dir or self.config.model
-        self.model_name = source
-        self.random_weights = self.config.tiny_random
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=_dtype(self.config.dtype, device))
-        self.model.to(device).eval()
-        self._ongoing = 0
-        self._answers = 0  # answer() calls so far (tests check that standalone sessions never call it)
-        self._lock = threading.Lock()
-        self._last_first_token_ms: float | None = None
-        from bizra_voice.serve.metrics import latency_histogram
+        return LocalModel(self.config, source, device), device, source
 
-        self.first_token_hist = latency_histogram("bizra_qwen_first_token_ms", "Qwen: question -> first answer "
-                                                  "piece (ms).")
-        self.answer_hist = latency_histogram("bizra_qwen_answer_ms", "Qwen: question -> whole answer (ms).")
-        log.info("QwenKnowledge ready: %s on %s%s", source, device,
-                 " (tiny RANDOM weights: answers are gibberish)" if self.random_weights else "")
-
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
+        gateway = not self.config.local
+        latency = None
+        if self._latency is not None and time.monotonic() - self._latency[1] <= LATENCY_FRESH_S:
+            latency = self._latency[0]
         return {
             "enabled": True,
-            "healthy": True,
+            "healthy": bool(self.model.healthy),
+            "detail": self.model.health.detail if gateway else "",
             "ongoing": self._ongoing,
             "answers": self._answers,
             "capacity": self.config.max_ongoing_requests,
-            "latency_ms": self._last_first_token_ms,
+            "latency_ms": latency,
+            "backend": self.config.backend,
             "model": self.model_name,
             "device": self.device,
             "random_weights": self.random_weights,
+            "tools": self.toolbox.describe() if self.toolbox is not None else None,
         }
 
-    def _messages(self, question: str, context: list[dict] | None, persona: str | None) -> list[dict]:
-        system = self.config.system_prompt
-        if persona:
-            system += f" You speak as this persona: {persona}"
-        messages = [{"role": "system", "content": system}]
-        for turn in context or []:
-            if turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str):
-                messages.append({"role": turn["role"], "content": turn["content"]})
-        messages.append({"role": "user", "content": question})
-        return messages
+    async def _timed(self, messages: list[dict], tools: list[dict]) -> AsyncIterator[Any]:
+        """One completion of the backend, its first-token latency recorded (what the router's deadline reads)."""
+        start = time.perf_counter()
+        first = True
+        async for item in self.model.stream(messages, tools):
+            if first:
+                ms = (time.perf_counter() - start) * 1000.0
+                self._latency = (ms, time.monotonic())
+                self.first_token_hist.observe(ms)
+                first = False
+            yield item
 
-    async def answer(self, question: str, context: list[dict] | None = None,
-                     persona: str | None = None) -> AsyncIterator[str]:
-        """Stream the answer to ``question`` as text pieces (generation runs in a worker thread)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        stop = threading.Event()  # set when the caller goes away (barge-in, deadline): generation stops
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> bool:
-                return stop.is_set()
-
-        ids = self.tokenizer.apply_chat_template(
-            self._messages(question, context, persona), add_generation_prompt=True, return_tensors="pt")
-        ids = ids[:, -self.config.max_input_tokens:].to(self.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60.0)
-        kwargs = {"input_ids": ids, "attention_mask": ids.new_ones(ids.shape), "max_new_tokens":
-                  self.config.max_new_tokens, "do_sample": False, "streamer": streamer,
-                  "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                  "stopping_criteria": StoppingCriteriaList([_Stop()])}
-        thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+    async def answer(self, question: str, context: list[dict] | None = None, persona: str | None = None,
+                     events: bool = False) -> AsyncIterator[str | dict]:
+        """Stream the answer to ``question``: text pieces (and, with ``events``, tool and failure events)."""
+        messages = question_messages(self.config.system_prompt, question, context, persona)
         with self._lock:
             self._ongoing += 1
             self._answers += 1
         start = time.perf_counter()
-        first = True
         try:
-            thread.start()
-            pieces = iter(streamer)
-            while True:
-                piece = await asyncio.to_thread(next, pieces, None)
-                if piece is None:
-                    break
-                if first:
-                    self._last_first_token_ms = (time.perf_counter() - start) * 1000.0
-                    self.first_token_hist.observe(self._last_first_token_ms)
-                    first = False
-                if piece:
-                    yield piece
+            async for item in answer_events(self._timed, messages, self.toolbox,
+                                            self.tools_config.max_calls_per_answer):
+                if isinstance(item, dict):
+                    if item["type"] == "tool.result":
+                        log.info("tool %s: %s in %.0f ms%s", item["name"], "ok" if item["ok"] else "failed",
+                                 item["ms"], "" if item["ok"] else f" ({item['error']})")
+                    if events:
+                        yield item
+                    continue
+                yield item
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not events:
+                raise
+            reason = _failure_reason(exc)
+            log.warning("knowledge answer failed: %s", reason)
+            yield {"type": "knowledge.failed", "reason": reason}
         finally:
-            stop.set()
             self.answer_hist.observe((time.perf_counter() - start) * 1000.0)
             with self._lock:
                 self._ongoing -= 1
+
+    async def __del__(self) -> None:
+        if self._probes is not None:
+            self._probes.cancel()
+        if getattr(self, "toolbox", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.toolbox.close()
+        close = getattr(getattr(self, "model", None), "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()

@@ -26,7 +26,7 @@ from bizra_voice.config import CPU_DEV_WARNING, AppConfig
 from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SamplingParams, SessionSpec
 from bizra_voice.security import AccessPolicy, token_subprotocol
 from bizra_voice.serve.backpressure import OutboundBuffer
-from bizra_voice.serve.drain import watch_for_drain
+from bizra_voice.serve.drain import watch_for_drain, watch_for_node_drain
 from bizra_voice.serve.endings import ending_for, log_ending
 from bizra_voice.serve.ws_session import ChatSession, ClientProtocolError, Outbox, SessionRecord
 from bizra_voice.serve.ws_session import check_first_message as check_early_message
@@ -89,9 +89,24 @@ def create_app(server: VoiceServer) -> FastAPI:
     async def voices() -> dict[str, Any]:
         return server.voices()
 
+    @app.post("/api/voices")
+    async def add_voice(request: Request) -> Response:  # voices of one's own (voice_upload.py)
+        return await server.add_voice(request)
+
+    @app.delete("/api/voices/{name}")
+    async def remove_voice(name: str) -> Response:
+        return await server.remove_voice(name)
+
     @app.api_route("/api/ask", methods=["GET", "POST"])
     async def ask(request: Request) -> Response:
         return await server.ask(request)
+
+    @app.post("/api/sessions")
+    async def create_session(request: Request) -> Response:  # a session request as a ticket (serve/tickets.py)
+        from bizra_voice.serve.tickets import post_session
+
+        return await post_session(request, server.tickets, server.access,
+                                  int(server.config.sessions.max_body_kb * 1024), server.replica)
 
     @app.websocket("/api/chat")
     async def chat(ws: WebSocket) -> None:
@@ -129,7 +144,7 @@ def _build_ingress() -> FastAPI:
 @serve.deployment(name="VoiceServer")
 @serve.ingress(_build_ingress)
 class VoiceServer:
-    def __init__(self, config: dict, router=None, qwen=None, transcriber=None) -> None:
+    def __init__(self, config: dict, router=None, qwen=None, transcriber=None, tickets=None) -> None:
         import ray
 
         from bizra_voice.engine.runtime import EngineRuntime
@@ -138,6 +153,7 @@ class VoiceServer:
         self.router = router
         self.qwen = qwen
         self.transcriber = transcriber  # hybrid mode's speech-to-text (None: typed questions only)
+        self.tickets = tickets  # SessionTickets: the store shared by every replica (POST /api/sessions)
         self.replica = replica_tag()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         engine_config = self.config.engine
@@ -160,9 +176,12 @@ class VoiceServer:
         self.record_dir = Path(vs.debug_record_dir) if vs.debug_record_dir else None
         acc = self.config.access
         self.access = AccessPolicy.create(acc.token, acc.token_env, acc.allowed_origins, acc.allow_localhost_origins)
+        self.voice_uploads = self._voice_uploads()  # None unless the operator enabled them (voices.uploads)
         self._open: dict[str, Outbox] = {}  # live sessions by id, told first when the replica drains
         self._draining: str | None = None
         self._drain_watcher: asyncio.Task | None = None
+        self._node_drain_watcher: asyncio.Task | None = None
+        self._node_draining = False
         self._init_operations()
         if self.config.voice_server.autoscaling_config(1) is not None:
             # Serve looks this hook up on the instance; a fixed-size deployment must not have it (Ray 2.53
@@ -198,6 +217,21 @@ class VoiceServer:
     def check_health(self) -> None:
         if not self.runtime.alive:
             raise RuntimeError("the engine tick thread has stopped")
+        if self._node_draining:  # Serve then replaces this replica, and Ray places the new one elsewhere
+            raise RuntimeError("this replica's node is being drained")
+
+    def _start_drain_watchers(self) -> None:
+        """On the first session: watch for Serve stopping this replica, and for Ray draining its node."""
+        if self._drain_watcher is not None:
+            return
+        self._drain_watcher = asyncio.create_task(watch_for_drain(
+            lambda: self.drain("this replica is stopping (redeploy or downscale)")))
+
+        async def node_retired() -> None:
+            self._node_draining = True
+            await self.drain("this node is being retired")
+
+        self._node_drain_watcher = asyncio.create_task(watch_for_node_drain(node_retired))
 
     # ---- REST -------------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
@@ -229,7 +263,45 @@ class VoiceServer:
             return {"enabled": True, "healthy": False, "detail": f"router unavailable ({type(exc).__name__})"}
 
     def voices(self) -> dict[str, Any]:
-        return {"voices": self.runtime.voices(), "default": self.engine_config.default_voice}
+        uploads = self.voice_uploads.describe() if self.voice_uploads is not None else {"enabled": False}
+        return {"voices": self.runtime.voices(), "default": self.engine_config.default_voice, "uploads": uploads}
+
+    def _voice_uploads(self) -> Any:
+        """Voices of one's own, stored in <cache_dir>/voices-custom of this node; None when off (nothing is
+        read from or written to that folder then)."""
+        if not self.config.voices.uploads:
+            return None
+        from bizra_voice.voice_upload import UploadLimits, VoiceUploads
+
+        v = self.config.voices
+        limits = UploadLimits(max_bytes=int(v.max_upload_mb * 2**20), max_seconds=v.max_seconds,
+                              max_voices=v.max_voices)
+        return VoiceUploads.attach(self.runtime.models, self.config.voice_uploads_dir, limits,
+                                   reserved=self.config.realtime.voices)
+
+    async def add_voice(self, request: Request) -> Response:
+        """``POST /api/voices?name=<name>`` with the recording as the body: 201 and the new voice, or why not."""
+        from bizra_voice.voice_upload import UPLOADS_OFF, UploadRefused
+
+        if self.voice_uploads is None:
+            return JSONResponse({"error": UPLOADS_OFF}, status_code=403)
+        try:
+            voice = await self.voice_uploads.upload(request.query_params.get("name"), request.stream(),
+                                                    request.headers.get("content-length"))
+        except UploadRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        log.info("voice %r uploaded (%.1f s, %s ms)", voice["name"], voice["seconds"], voice["processing_ms"])
+        return JSONResponse(voice, status_code=201)
+
+    async def remove_voice(self, name: str) -> Response:
+        from bizra_voice.voice_upload import UPLOADS_OFF, UploadRefused
+
+        if self.voice_uploads is None:
+            return JSONResponse({"error": UPLOADS_OFF}, status_code=403)
+        try:
+            return JSONResponse(await asyncio.to_thread(self.voice_uploads.remove, name))
+        except UploadRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     async def ask(self, request: Request) -> Response:
         question = request.query_params.get("q")
@@ -256,23 +328,28 @@ class VoiceServer:
 
     # ---- WebSocket ----------------------------------------------------------------------------------
     async def chat(self, ws: WebSocket) -> None:
-        if self._drain_watcher is None:
-            self._drain_watcher = asyncio.create_task(watch_for_drain(
-                lambda: self.drain("this replica is stopping (redeploy or downscale)")))
+        self._start_drain_watchers()
         await ws.accept(subprotocol=token_subprotocol(ws.headers))
         out = Outbox(ws)
-        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme)
+        from bizra_voice.serve.tickets import TicketsUnavailable, has_ticket, resolve_params
+
+        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme, ticket=has_ticket(ws.query_params))
         if denied is not None:
             await out.fail(denied.message, denied.close_code)
             return
         if self._draining is not None:
             await out.fail(f"{self._draining}; reconnect to reach another replica", P.CloseCode.SERVICE_RESTART)
             return
-        try:
-            params = SessionParams.from_query(ws.query_params)
+        try:  # the query's parameters, or those of its session ticket (POST /api/sessions)
+            params = await resolve_params(ws.query_params, self.tickets, self.access)
         except BadParams as exc:
             self.metrics.rejected("chat", "bad_request")
             await out.fail(str(exc), P.CloseCode.BAD_REQUEST)
+            return
+        except TicketsUnavailable as exc:
+            self.metrics.rejected("chat", "tickets_unavailable")
+            await out.fail(f"The session could not be set up: {exc}; try again in a few seconds.",
+                           P.CloseCode.AT_CAPACITY)
             return
         out.events = params.events
         accepted_at = time.monotonic()
@@ -362,10 +439,13 @@ class VoiceServer:
     async def realtime(self, ws: WebSocket) -> None:
         """``/v1/realtime``: an OpenAI Realtime client on the same engine, slots and limits as /api/chat."""
         from bizra_voice.serve.realtime_session import RealtimeSession
+        from bizra_voice.serve.tickets import TicketsUnavailable, has_ticket, resolve_params
+
+        self._start_drain_watchers()
 
         await ws.accept(subprotocol=token_subprotocol(ws.headers))
         accepted_at = time.monotonic()
-        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme)
+        denied = self.access.check(ws.query_params, ws.headers, ws.url.scheme, ticket=has_ticket(ws.query_params))
         reject = None
         if denied is not None:
             reject = (denied.message, "access_denied", denied.close_code)
@@ -373,11 +453,15 @@ class VoiceServer:
             reject = (f"{self._draining}; reconnect to reach another replica", "server_draining",
                       P.CloseCode.SERVICE_RESTART)
         else:
-            try:
-                params = SessionParams.from_query(ws.query_params)
+            try:  # the query's parameters, or those of its session ticket (POST /api/sessions)
+                params = await resolve_params(ws.query_params, self.tickets, self.access)
             except BadParams as exc:
                 self.metrics.rejected("realtime", "bad_request")
                 reject = (str(exc), "invalid_request", P.CloseCode.BAD_REQUEST)
+            except TicketsUnavailable as exc:
+                self.metrics.rejected("realtime", "tickets_unavailable")
+                reject = (f"The session could not be set up: {exc}; try again in a few seconds.",
+                          "server_busy", P.CloseCode.AT_CAPACITY)
         session = RealtimeSession(self, ws, params if reject is None else SessionParams(), accepted_at)
         if reject is not None:
             await session.fail(reject[0], reject[1], reject[2], "invalid_request_error")

@@ -1,11 +1,13 @@
 // The conversation log: a growing assistant bubble for the monologue text, and separate entries
-// for what the user said or typed, router decisions and knowledge answers (from 0x04 events).
+// for what the user said or typed, router decisions, knowledge answers and the knowledge model's
+// tool calls (from 0x04 events).
 
 export class ConversationLog {
   constructor(el) {
     this.el = el;
     this.assistant = null; // the bubble the next text piece appends to
     this.knowledge = new Map(); // turn → entry
+    this.tools = new Map(); // `${turn}:${call}` → entry
     this.textChars = 0;
   }
 
@@ -13,6 +15,7 @@ export class ConversationLog {
     this.el.replaceChildren();
     this.assistant = null;
     this.knowledge.clear();
+    this.tools.clear();
     this.textChars = 0;
   }
 
@@ -71,6 +74,28 @@ export class ConversationLog {
     if (done && typeof text === 'string' && text) body.textContent = text;
     else body.textContent += delta;
     if (done) body.parentElement.dataset.done = 'true';
+    this.scroll();
+  }
+
+  /** A server-side tool call of the knowledge model (0x04 `tool.call`, then its `tool.result`): one line
+   *  per call, "Tool name(arguments) …" until the result completes it with what came back (or the error)
+   *  and how long it took. `data-ok` is set once the result is in. */
+  tool({ type, turn_id: turn, call_id: call, name, arguments: args, ok, result, error, ms }) {
+    const key = `${turn}:${call}`;
+    let body = this.tools.get(key);
+    if (!body) {
+      body = this.entry('router tool', '', '');
+      this.tools.set(key, body);
+    }
+    if (type === 'tool.call') {
+      body.dataset.call = `${name}(${typeof args === 'string' ? args : JSON.stringify(args ?? {})})`;
+      body.textContent = `Tool ${body.dataset.call} …`;
+    } else {
+      const took = typeof ms === 'number' ? ` · ${Math.round(ms)} ms` : '';
+      const what = body.dataset.call ?? `${name}()`;
+      body.textContent = ok ? `Tool ${what} → ${result ?? ''}${took}` : `Tool ${what} failed: ${error}${took}`;
+      body.parentElement.dataset.ok = ok ? 'true' : 'false';
+    }
     this.scroll();
   }
 
