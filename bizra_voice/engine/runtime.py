@@ -147,6 +147,9 @@ class EngineRuntime:
         return runtime
 
     # ---- public API (event loop) ----------------------------------------------------------------------
+    def tick_thread_alive(self) -> bool:
+        return self._thread.is_alive()
+
     @property
     def alive(self) -> bool:
         """False once the tick thread has stopped (shutdown or a fatal error): the replica is unhealthy."""

@@ -12,15 +12,26 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from bizra_voice import constants as C
 from bizra_voice.engine.api import BadSessionRequest, EndCause, FrameOutput, SessionClosed, SessionSpec
 
-if TYPE_CHECKING:
-    from bizra_voice.engine.runtime import EngineRuntime
+
+class SessionHost(Protocol):
+    """What a session needs of the engine runtime that owns its slot (``runtime.EngineRuntime``)."""
+
+    engine: Any
+    models: Any
+
+    def _submit(self, fn: Any, *args: Any) -> Any: ...
+    def _enqueue_frames(self, session: LiveSession, frames: np.ndarray) -> None: ...
+    def _queue_reprompt(self, session: LiveSession, prompt: Any) -> Any: ...
+    def _release(self, session: LiveSession) -> None: ...
+    def count_server_end(self, cause: EndCause) -> None: ...
+    def tick_thread_alive(self) -> bool: ...
 
 log = logging.getLogger("bizra_voice.engine")
 
@@ -33,7 +44,7 @@ MAX_OUTPUT_FRAMES = 250  # 20 s
 class LiveSession:
     """One conversation on one slot. ``push_pcm`` from the event loop; ``next_output`` awaits frames."""
 
-    def __init__(self, runtime: EngineRuntime, session_id: str, slot: int, voice: str, seed: int,
+    def __init__(self, runtime: SessionHost, session_id: str, slot: int, voice: str, seed: int,
                  prompt_positions: int, loop: asyncio.AbstractEventLoop, text_prompt: str = "") -> None:
         self.runtime = runtime
         self.session_id = session_id
@@ -163,7 +174,7 @@ class LiveSession:
     async def close(self, reason: str = "closed by the client") -> None:
         """Free the slot (idempotent)."""
         self._end(reason)
-        if self.runtime._thread.is_alive():
+        if self.runtime.tick_thread_alive():
             await asyncio.wrap_future(self.runtime._submit(self.runtime._release, self))
         else:
             self.runtime._release(self)
