@@ -208,7 +208,7 @@ def is_complete(folder: Path | str, seed: int) -> bool:
 def ensure_tiny(folder: Path | str, seed: int = 1234) -> Path:
     """Generate once and reuse (the CPU dev profile calls this at start); an older layout is regenerated.
     Not safe against a concurrent call for the same folder: wrap it in
-    ``bizra_voice.serve.model_cache.ensure_under_lock`` where processes may race."""
+    ``bizra_voice.build_once.ensure_under_lock`` where processes may race."""
     folder = Path(folder)
     if is_complete(folder, seed):
         return folder
@@ -220,7 +220,7 @@ def shared_tiny_checkpoint(seed: int = 1234) -> Path:
     under a file lock so processes running in parallel never write it at once."""
     import tempfile
 
-    from bizra_voice.serve.model_cache import ensure_under_lock
+    from bizra_voice.build_once import ensure_under_lock
 
     folder = Path(tempfile.gettempdir()) / "bizra-voice-tests" / f"tiny-v{TINY_LAYOUT}-{seed}"
     return ensure_under_lock(folder, lambda path: ensure_tiny(path, seed))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bizra_voice.serve.model_cache import make_once
+from bizra_voice.build_once import make_once
 
 MARKER = "bizra-tiny-whisper.json"
 VERSION = 1

@@ -45,7 +45,7 @@ def default_client_dir() -> Path:
 
 def ensure_tiny_checkpoint(folder: Path) -> Path:
     """Generate the tiny random checkpoint once per node (file lock: replicas may start together)."""
-    from bizra_voice.serve.model_cache import ensure_under_lock
+    from bizra_voice.build_once import ensure_under_lock
     from bizra_voice.tiny import ensure_tiny
 
     return ensure_under_lock(folder, ensure_tiny)
