@@ -22,16 +22,21 @@ No dead air: until answer tokens exist, PersonaPlex keeps talking and listening 
 guidance only replaces its words once there are words to say), and a wait that outlives its bound falls
 back to standalone with the reason, so the session is never silent or stuck.
 
-Where the parts live (one concern each): answer text -> PersonaPlex tokens, ``answer_tokens.py``; guidance
-extended while it is spoken without dropping or repeating a token, ``answer_guidance.py``; a turn's state
-and the callables' shapes, ``hybrid_turn.py``; this module, the controller (what happens when, and what the
+A Realtime client's own functions (``answer_options``: ``client_tools``, ``tool_choice``) pause an answer:
+``client_tool.calls`` ends the stream, the client is told (``tool.client_calls``) and ``resume`` goes on
+from there with the client's outputs, in a new turn; a newer user turn drops the paused answer, and says so
+(``tool.client_calls.dropped``).
+
+Where the parts live (one concern each): the answer's stream read under its bounds, ``answer_stream.py``;
+answer text -> PersonaPlex tokens, ``answer_tokens.py``; guidance extended while it is spoken without
+dropping or repeating a token, ``answer_guidance.py``; a turn's state, a paused answer and the callables'
+shapes, ``hybrid_turn.py``; this module, the controller (what happens when, and what the
 client is told when a call out fails or times out).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,8 +46,9 @@ import numpy as np
 
 from bizra_voice import constants as C
 from bizra_voice.answer_guidance import MAX_GUIDE_TOKENS, EngineGuidance
+from bizra_voice.answer_stream import AnswerBounds, AnswerReader, NoAnswer, Paused
 from bizra_voice.answer_tokens import AnswerTokenizer, speakable
-from bizra_voice.hybrid_turn import AnswerFn, EmitFn, RouteFn, TranscribeFn, TurnState
+from bizra_voice.hybrid_turn import AnswerFn, EmitFn, PausedAnswer, RouteFn, TranscribeFn, TurnState
 from bizra_voice.memory import ConversationMemory
 from bizra_voice.turns import TurnConfig, TurnDetector, TurnEvent
 
@@ -93,6 +99,8 @@ class HybridController:
         self.hears_speech = requested_mode != "standalone" and transcribe is not None
         self.listen = detect_turns and self.hears_speech
         self.turn: TurnState | None = None
+        self.answer_options: Callable[[], dict] = dict  # extra answer() arguments (the Realtime client's tools)
+        self.paused: PausedAnswer | None = None  # an answer waiting for the client's function outputs
         self._turn_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._turn_ids = 0
@@ -239,15 +247,23 @@ class HybridController:
         turn.timings["transcribe_ms"] = (info or {}).get("transcribe_ms", 0.0)
         self._turn_task = self._spawn(self._run_turn(turn, previous, info or {}))
 
-    async def _run_turn(self, turn: TurnState, previous: asyncio.Task | None, info: dict) -> None:
+    async def _supersede(self, previous: asyncio.Task | None, why: str) -> None:
+        """Stop the turn before this one: its answer task, and what it still had to say."""
         old = self.turn
         if previous is not None and not previous.done():
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
         if old is not None and old.guidance is not None and not old.finished:
             said = await old.guidance.cancel()
-            self._finish(old, cancelled=True, said=said, reason="superseded by a new user turn")
+            self._finish(old, cancelled=True, said=said, reason=why)
+
+    async def _run_turn(self, turn: TurnState, previous: asyncio.Task | None, info: dict) -> None:
+        await self._supersede(previous, "superseded by a new user turn")
         self.turn = turn
+        paused, self.paused = self.paused, None
+        if paused is not None:  # the client's outputs for it would now answer a question no longer asked
+            await self._send({"type": "tool.client_calls.dropped", "turn_id": paused.turn_id,
+                              "call_ids": paused.call_ids, "reason": "superseded by a new user turn"})
         user_turn = self.memory.add_user(turn.text, turn.source)
         await self._send({"type": "transcript.user", "turn_id": turn.turn_id, "text": turn.text,
                           "source": turn.source, "final": True, **info})
@@ -266,22 +282,54 @@ class HybridController:
             return
         await self._answer(turn, user_turn)
 
+    def resume(self, outputs: dict[str, str]) -> bool:
+        """The client sent its function outputs and asked for a response: the paused answer goes on (a new
+        turn, spoken like any answer). False when no answer is paused."""
+        paused, self.paused = self.paused, None
+        if paused is None or self.closed or self.answer is None:
+            return False
+        previous = self._turn_task
+        self._turn_ids += 1
+        turn = TurnState(self._turn_ids, "", "function_call_output", self.clock())
+        self._turn_task = self._spawn(self._run_resumed(turn, previous, paused, outputs))
+        return True
+
+    async def _run_resumed(self, turn: TurnState, previous: asyncio.Task | None, paused: PausedAnswer,
+                           outputs: dict[str, str]) -> None:
+        await self._supersede(previous, "superseded by the function's answer")
+        self.turn = turn
+        await self._send({"type": "knowledge.resumed", "turn_id": turn.turn_id, "resumes": paused.turn_id,
+                          "call_ids": paused.call_ids})
+        await self._answer(turn, None, resume=paused.resumed_with(outputs))
+
+    async def _pause(self, turn: TurnState, item: dict) -> None:
+        """The model called the client's functions: the answer waits for their outputs (``resume``)."""
+        self.paused = PausedAnswer(turn.turn_id, list(item["messages"]), list(item["calls"]))
+        await self._send({"type": "tool.client_calls", "turn_id": turn.turn_id, "calls": self.paused.calls})
+
     async def _fallback(self, turn: TurnState, user_turn: Any, why: str) -> None:
-        self.memory.set_route(user_turn, "standalone")
+        if user_turn is not None:
+            self.memory.set_route(user_turn, "standalone")
         await self._send({"type": "router.decision", "mode": "standalone", "requested": self.requested,
                           "fallback": True, "turn_id": turn.turn_id,
                           "reason": f"this turn stays standalone: {why}"})
 
-    async def _answer(self, turn: TurnState, user_turn: Any) -> None:
+    async def _answer(self, turn: TurnState, user_turn: Any, resume: list[dict] | None = None) -> None:
         assert self.answer is not None
         context = self.memory.context(self.config.context_turns)
         t_ask = self.clock()
-        stream = self.answer(turn.text, context, self.persona)
-        iterator = stream.__aiter__()
+        options = {**self.answer_options(), **({"resume": resume} if resume is not None else {})}
+        stream = self.answer(turn.text or None, context, self.persona, **options) if options else \
+            self.answer(turn.text, context, self.persona)
+        bounds = AnswerBounds(self.knowledge, self.deadline_ms, self.tool_timeout_s, self.config.answer_timeout_s)
+        reader = AnswerReader(stream, bounds, lambda event: self._tool_event(turn, event, t_ask), self.clock)
         try:
-            first = await self._first_piece(turn, stream, iterator, t_ask)
-        except _NoAnswer as why:
+            first = await reader.first()
+        except NoAnswer as why:
             await self._fallback(turn, user_turn, str(why))
+            return
+        except Paused as paused:  # the client's function comes first: nothing to say yet
+            await self._pause(turn, paused.item)
             return
         turn.t_first_piece = self.clock()
         turn.timings["qwen_first_token_ms"] = self._ms(t_ask)
@@ -290,7 +338,6 @@ class HybridController:
         text = ""
         piece: str | None = first
         cut: str | None = None  # why the answer stopped before its end (None: it was complete)
-        deadline = self.clock() + self.config.answer_timeout_s
         try:
             while piece is not None:
                 text += piece
@@ -299,9 +346,9 @@ class HybridController:
                 tokens = splitter.feed(piece)
                 turn.total_tokens += len(tokens)
                 await turn.guidance.extend(tokens)
-                piece, cut = await self._next_piece(turn, stream, iterator, deadline, t_ask)
+                piece, cut = await reader.next()
         except asyncio.CancelledError:  # barge-in, a client cancel or a newer turn: the model stops too
-            _cancel_stream(stream)
+            reader.cancel()
             raise
         tail = splitter.flush()
         turn.total_tokens += len(tail)
@@ -314,42 +361,8 @@ class HybridController:
         if turn.guided_frames >= turn.total_tokens:
             self._finish(turn, cancelled=False, said=turn.guided_frames,
                          reason="spoken" if turn.total_tokens else "nothing speakable in the answer")
-
-    async def _first_piece(self, turn: TurnState, stream: Any, iterator: Any, t_ask: float) -> str:
-        """The answer's first text piece; tool events before it are passed on. Raises ``_NoAnswer`` (why)
-        when the model gives nothing in time: ``deadline_ms`` per step, the tool's timeout + ``deadline_ms``
-        while a tool works, and ``answer_timeout_s`` for all of it."""
-        tool: str | None = None  # the tool whose result is awaited
-        latest = t_ask + self.config.answer_timeout_s
-        while True:
-            step = self.deadline_ms / 1000.0 + (self.tool_timeout_s if tool is not None else 0.0)
-            overall = latest - self.clock() < step
-            try:
-                left = max(0.001, min(step, latest - self.clock()))
-                item = await asyncio.wait_for(iterator.__anext__(), timeout=left)
-            except asyncio.TimeoutError:
-                _cancel_stream(stream)
-                if overall:
-                    raise _NoAnswer(f"{self.knowledge} gave no answer within {self.config.answer_timeout_s:g} s") \
-                        from None
-                if tool is not None:
-                    raise _NoAnswer(f"the tool {tool!r} gave no result within {self.tool_timeout_s:g} s") from None
-                raise _NoAnswer(f"{self.knowledge} gave no first token within the {self.deadline_ms:.0f} ms "
-                                "deadline") from None
-            except StopAsyncIteration:
-                raise _NoAnswer(f"{self.knowledge} returned an empty answer") from None
-            except asyncio.CancelledError:  # superseded or cancelled before the first piece: the model stops too
-                _cancel_stream(stream)
-                raise
-            except Exception as exc:
-                _cancel_stream(stream)
-                raise _NoAnswer(f"{self.knowledge} failed ({type(exc).__name__})") from None
-            if isinstance(item, str):
-                return item
-            if item.get("type") == "knowledge.failed":
-                raise _NoAnswer(f"{self.knowledge} failed ({item.get('reason')})")
-            tool = item.get("name") if item.get("type") == "tool.call" else None
-            await self._tool_event(turn, item, t_ask)
+        if reader.paused is not None:  # what it said first ("let me check") is spoken; the rest waits
+            await self._pause(turn, reader.paused)
 
     async def _tool_event(self, turn: TurnState, event: dict, t_ask: float) -> None:
         """A ``tool.call`` / ``tool.result`` of this turn's answer: to the client, and into the timings."""
@@ -362,37 +375,3 @@ class HybridController:
         else:
             return
         await self._send({**event, "turn_id": turn.turn_id})
-
-    async def _next_piece(self, turn: TurnState, stream: Any, iterator: Any, deadline: float,
-                          t_ask: float) -> tuple[str | None, str | None]:
-        """The answer's next text piece (None at its end) and, when the model is stopped early, why: a whole
-        answer may stream for ``answer_timeout_s``, and a failure mid-answer ends it with what it said.
-        Tool events on the way are passed on."""
-        while True:
-            try:
-                item = await asyncio.wait_for(iterator.__anext__(), timeout=max(0.001, deadline - self.clock()))
-            except StopAsyncIteration:
-                return None, None
-            except asyncio.TimeoutError:
-                _cancel_stream(stream)
-                return None, (f"{self.knowledge} was still answering after {self.config.answer_timeout_s:g} s; "
-                              "the answer ends there")
-            except Exception as exc:  # a failing replica must not leave the turn unfinished
-                _cancel_stream(stream)
-                return None, f"{self.knowledge} failed mid-answer ({type(exc).__name__}); the answer ends there"
-            if isinstance(item, str):
-                return item, None
-            if item.get("type") == "knowledge.failed":
-                return None, f"{self.knowledge} failed mid-answer ({item.get('reason')}); the answer ends there"
-            await self._tool_event(turn, item, t_ask)
-
-
-class _NoAnswer(Exception):
-    """No first piece of the answer: the turn falls back to standalone; ``str()`` is why."""
-
-
-def _cancel_stream(stream: Any) -> None:
-    cancel = getattr(stream, "cancel", None)
-    if callable(cancel):
-        with contextlib.suppress(Exception):  # already finished
-            cancel()

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 RouteFn = Callable[[str, str, "str | None", bool], Awaitable[dict]]  # (requested, text, previous route, typed)
-# (question, context, persona) -> text pieces, and tool.call / tool.result / knowledge.failed events (dicts)
-AnswerFn = Callable[[str, list, "str | None"], AsyncIterator["str | dict"]]
+# (question, context, persona, **options) -> text pieces, and tool.call / tool.result / client_tool.calls /
+# knowledge.failed events (dicts); options: client_tools, tool_choice, resume (the Realtime client's functions)
+AnswerFn = Callable[..., AsyncIterator["str | dict"]]
 TranscribeFn = Callable[[np.ndarray, int], Awaitable[dict]]  # (pcm, sample rate) -> {"text", "ms", ...}
 EmitFn = Callable[[dict], Awaitable[None]]  # one event to the client
 
@@ -35,3 +36,25 @@ class TurnState:
     answer_done: bool = False
     t_first_piece: float | None = None
     finished: bool = False  # guidance.ended was sent
+
+
+NO_OUTPUT = "error: the client sent no output for this call"
+
+
+@dataclass
+class PausedAnswer:
+    """An answer waiting for a client's function outputs: the conversation the model had, and its calls."""
+
+    turn_id: int
+    messages: list[dict]  # system, question, ..., the assistant's tool calls and the server tools' results
+    calls: list[dict]  # {"call_id", "name", "arguments"} the client runs
+
+    @property
+    def call_ids(self) -> list[str]:
+        return [call["call_id"] for call in self.calls]
+
+    def resumed_with(self, outputs: dict[str, str]) -> list[dict]:
+        """The messages to go on from: one ``tool`` message per client call, in the order the model made them
+        (a call the client did not answer says so, so the model is never left with an unanswered call)."""
+        return [*self.messages, *({"role": "tool", "tool_call_id": call["call_id"], "name": call["name"],
+                                   "content": outputs.get(call["call_id"], NO_OUTPUT)} for call in self.calls)]

@@ -14,6 +14,12 @@ def free_port() -> int:
 
 
 def serve_test_port() -> int:
-    """The session-wide Serve proxy port: ``BIZRA_TEST_PORT`` if set, else a free port."""
+    """The session-wide Serve proxy port: ``BIZRA_TEST_PORT`` if set, else a free port, kept in
+    ``BIZRA_TEST_PORT`` from then on. pytest loads ``tests/conftest.py`` as ``conftest``; a test module's
+    ``from tests.conftest import BASE_URL`` runs the file again as another module, and without the variable
+    that copy picked another free port: its test then polled a port no proxy listened on (the proxy was
+    already started on the first one) and waited out its 300 s."""
     value = os.environ.get("BIZRA_TEST_PORT")
-    return int(value) if value else free_port()
+    if not value:
+        value = os.environ["BIZRA_TEST_PORT"] = str(free_port())
+    return int(value)

@@ -10,7 +10,9 @@ Two apps of the CPU dev profile (one slot, no Whisper: the questions are typed),
   weights never call a tool), with real MCP servers: the clock over stdio, the unit converter over
   streamable HTTP. Each call is seen by the client (``tool.call`` / ``tool.result``) and in the consented
   recording; its result is spoken; a slow tool leaves no dead air; a tool that times out or fails is told
-  to the model, which answers; a standalone session never calls a tool.
+  to the model, which answers; a standalone session never calls a tool. And the client's own functions on
+  ``/v1/realtime``, driven by the official ``openai`` client: the call arrives as a ``function_call``
+  response, the client's ``function_call_output`` + ``response.create`` resume the answer, which is spoken.
 
 Tiny random PersonaPlex: what is said is noise; the events, their order and the guided tokens are real.
 """
@@ -33,7 +35,7 @@ from bizra_voice.chat_client import chat_url
 from tests.conftest import BASE_URL, SERVE_PORT, wait_ready, wait_slots
 from tests.mcp_tools import HERE, stdio_command
 from tests.scripted_gateway import Reply, ScriptedGateway, last_tool_result
-from tests.test_hybrid_serve import WAIT_S, Conversation, sp_pieces
+from tests.test_hybrid_serve import WAIT_S, Conversation, RealtimeConversation, sp_pieces
 from tests.test_knowledge_gateway import TRANSFORMERS, TransformersServe, servable_tiny_qwen
 from tests.test_knowledge_tools import free_port, wait_listening
 
@@ -206,6 +208,8 @@ def tool_script(messages: list[dict], tools: list[dict]) -> Reply:
         return Reply([], [("get_time", {"timezone": "Mars/Olympus_Mons"})])
     if "miles" in question:
         return Reply([], [("convert_units", {"value": 10, "from_unit": "km", "to_unit": "mile"})])
+    if "weather" in question and "get_weather" in {t["function"]["name"] for t in tools}:  # the client's function
+        return Reply(["Let me look. "], [("get_weather", {"city": "Paris"})])
     if "Paris" in question:  # no preamble: the first word waits for the tool
         return Reply([], [("get_time", {"timezone": "Europe/Paris"})])
     if "Tokyo" in question:
@@ -397,3 +401,90 @@ def test_the_browser_client_shows_each_tool_call_and_its_result(tools_app):
         'Tool convert_units({"value":10,"from_unit":"km","to_unit":"mile"}) → 10 km = 6.214 mile · '), shown
     assert shown[0].endswith(" ms") and answer == "The tool says 10 km = 6.214 mile."
     assert errors == [], errors
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city, now.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_realtime_function_calling_with_the_openai_client(tools_app, scripted, cpu_args):
+    """``session.update`` declares the client's function; a typed question makes the (SCRIPTED) model call
+    it: a function_call response (GA events, validated against the openai package's models); the client's
+    function_call_output + response.create resume the answer, and PersonaPlex speaks it. A late output for
+    the same call is refused with the reason."""
+    from openai.types.realtime import (
+        ConversationItemAdded,
+        ResponseDoneEvent,
+        ResponseFunctionCallArgumentsDeltaEvent,
+        ResponseFunctionCallArgumentsDoneEvent,
+        ResponseOutputItemAddedEvent,
+    )
+
+    output = '{"sky": "sunny", "temp_c": 21}'
+
+    async def scenario():
+        async with RealtimeConversation(tools_app, {"type": "realtime", "mode": "hybrid", "tools": [WEATHER],
+                                                    "tool_choice": "auto"}) as c:
+            updated = await c.wait("session.updated")
+            await c.type("What is the weather in Paris?")
+            args = await c.wait("response.function_call_arguments.done")
+            await c.conn.conversation.item.create(item={"type": "function_call_output",
+                                                        "call_id": args["call_id"], "output": output})
+            await c.conn.response.create()
+            await c.wait("bizra.knowledge.resumed")
+            done = await until_event(c, lambda e: e["type"] == "bizra.knowledge.answer" and e.get("done")
+                                     and e["turn_id"] == 2)
+            await until_event(c, lambda e: e["type"] == "bizra.guidance.ended" and e["turn_id"] == 2)
+            await c.wait_spoken(sp_pieces(cpu_args, done["tokens"]), since="bizra.knowledge.resumed")
+            await c.conn.conversation.item.create(item={"type": "function_call_output",
+                                                        "call_id": args["call_id"], "output": "again"})
+            late = await c.wait("error")
+            return c, updated, args, done, late
+
+    c, updated, args, done, late = asyncio.run(scenario())
+    assert [t["name"] for t in updated["session"]["tools"]] == ["get_weather"]
+    kinds = [e["type"] for e in c.events]
+    at = kinds.index("response.function_call_arguments.done")
+    call_response = [e for e in c.events[:at] if e["type"] == "response.created"][-1]
+    added = ResponseOutputItemAddedEvent.model_validate(next(e for e in c.events[:at]
+                                                             if e["type"] == "response.output_item.added"
+                                                             and e["item"]["type"] == "function_call"))
+    delta = ResponseFunctionCallArgumentsDeltaEvent.model_validate(
+        next(e for e in c.events if e["type"] == "response.function_call_arguments.delta"))
+    call = ResponseFunctionCallArgumentsDoneEvent.model_validate(args)
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert delta.delta == call.arguments and added.item.call_id == call.call_id == delta.call_id
+    assert call.response_id == call_response["response"]["id"]
+    finished = ResponseDoneEvent.model_validate(next(e for e in c.events[at:] if e["type"] == "response.done"))
+    assert finished.response.status == "completed" and finished.response.output[0].call_id == call.call_id
+    echoed = [ConversationItemAdded.model_validate(e) for e in c.events
+              if e["type"] == "conversation.item.added" and e["item"]["type"] == "function_call_output"]
+    assert len(echoed) == 1 and echoed[0].item.output == output
+    # what was said before the call ("Let me look.") was spoken as turn 1; the answer with the output as turn 2
+    first = next(e for e in c.events if e["type"] == "bizra.knowledge.answer" and e.get("done") and e["turn_id"] == 1)
+    assert first["text"] == "Let me look." and done["text"] == f"The tool says {output}."
+    resumed = next(e for e in c.events if e["type"] == "bizra.knowledge.resumed")
+    assert resumed["resumes"] == 1 and resumed["call_ids"] == [call.call_id]
+    # the (scripted) model was offered the client's function beside the server's, and given the output
+    asked = scripted.completions()
+    offered = next(r for r in asked if r["messages"][-1].get("content") == "What is the weather in Paris?")
+    assert "get_weather" in {t["function"]["name"] for t in offered["tools"]}
+    given = next(r for r in asked if r["messages"][-1].get("role") == "tool"
+                 and r["messages"][-1]["tool_call_id"] == call.call_id)
+    assert given["messages"][-1]["content"] == output
+    assert given["messages"][-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert late["error"]["code"] == "call_not_awaited" and late["error"]["param"] == "item.call_id"
+    started = next(e for e in c.events if e["type"] == "bizra.guidance.started" and e["turn_id"] == 2)
+    print("\nlatency (Realtime function call: function output -> first guided word, scripted gateway, CPU):",
+          json.dumps(started["timings"]))
+
+
+async def until_event(c: RealtimeConversation, where, timeout_s: float = WAIT_S) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [e for e in c.events if where(e)]
+        if found:
+            return found[0]
+        assert not [e for e in c.events if e["type"] == "error"], c.events
+        assert time.monotonic() < deadline, [e["type"] for e in c.events if "delta" not in e["type"]]
+        await asyncio.sleep(0.05)

@@ -129,7 +129,7 @@ def test_parse_typed_user_message():
     (None, "invalid_value", "item"),
     ({"type": "message", "role": "assistant", "content": [{"type": "input_text", "text": "x"}]},
      "unsupported_item", "item.type"),
-    ({"type": "function_call_output", "call_id": "c", "output": "{}"}, "unsupported_item", "item.type"),
+    ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, "unsupported_item", "item.type"),
     ({"type": "message", "role": "user", "content": []}, "invalid_value", "item.content"),
     ({"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]},
      "unsupported_content", "item.content"),

@@ -69,22 +69,28 @@ class GatewayModel:
     def healthy(self) -> bool:
         return self.health.up
 
-    def _request(self, messages: list[dict], tools: list[dict], max_tokens: int) -> dict[str, Any]:
+    def _request(self, messages: list[dict], tools: list[dict], max_tokens: int,
+                 tool_choice: str | dict | None = None) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.config.model, "messages": messages, "stream": True,
                                    "max_tokens": max_tokens}
         if tools:
             request["tools"] = tools
+            if tool_choice is not None:
+                request["tool_choice"] = tool_choice
         if self.config.temperature is not None:
             request["temperature"] = self.config.temperature
         return request
 
-    async def stream(self, messages: list[dict], tools: list[dict]) -> AsyncIterator[str | ToolCall]:
-        """One completion. Raises ``GatewayError`` (reason in the text) when it fails or outlives a bound."""
+    async def stream(self, messages: list[dict], tools: list[dict],
+                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCall]:
+        """One completion (``tool_choice`` in Chat Completions' form, sent with the tools). Raises
+        ``GatewayError`` (reason in the text) when it fails or outlives a bound."""
         cfg = self.config
         started = self.clock()
         try:
             response = await asyncio.wait_for(
-                self.client.chat.completions.create(**self._request(messages, tools, cfg.max_new_tokens)),
+                self.client.chat.completions.create(**self._request(messages, tools, cfg.max_new_tokens,
+                                                                   tool_choice)),
                 timeout=cfg.first_token_timeout_s)
         except asyncio.TimeoutError:
             self.health.failed(f"no response within {cfg.first_token_timeout_s:g} s")

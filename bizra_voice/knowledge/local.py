@@ -54,7 +54,10 @@ class LocalModel:
 
     healthy = True  # in-process: the replica's own health is Serve's business
 
-    async def stream(self, messages: list[dict], tools: list[dict]) -> AsyncIterator[str | ToolCall]:
+    async def stream(self, messages: list[dict], tools: list[dict],
+                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCall]:
+        """``tool_choice``: a chat template cannot force a call, so only ``auto`` reaches here (a named
+        function is offered alone; ``required`` is refused before the session asks - realtime layer)."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         stop = threading.Event()  # set when the caller goes away: generation stops

@@ -2,7 +2,8 @@
 
 Served: ``session.update``, ``input_audio_buffer.append`` / ``commit`` / ``clear``, ``response.create``
 (its parameters: ``response_create.py``), ``response.cancel``, ``conversation.item.create`` of a user
-message with ``input_text`` (a typed question for hybrid mode) and ``conversation.item.truncate``.
+message with ``input_text`` (a typed question for hybrid mode) or of a ``function_call_output`` (the
+client's answer to a call of its function: ``function_calls.py``) and ``conversation.item.truncate``.
 Anything else is refused with a recoverable ``error`` that names the client's ``event_id``.
 """
 
@@ -15,6 +16,13 @@ from typing import Any, Literal
 from bizra_voice import constants as C
 from bizra_voice.realtime.audio_formats import decode_base64_audio, parse_format
 from bizra_voice.realtime.errors import RealtimeError
+from bizra_voice.realtime.function_calls import (
+    FunctionOutput,
+    FunctionTool,
+    parse_function_output,
+    parse_tool_choice,
+    parse_tools,
+)
 from bizra_voice.realtime.response_create import ResponseCreateParams, parse_response_params
 from bizra_voice.session_params import normalize_voice
 
@@ -34,13 +42,15 @@ class SessionChanges:
     transcription: bool | None = None  # audio.input.transcription set (True) or null (False)
     input_format: str | None = None
     output_format: str | None = None
+    tools: tuple[FunctionTool, ...] | None = None  # the client's functions (hybrid mode's knowledge model)
+    tool_choice: str | dict[str, str] | None = None
     event_id: str | None = None
 
 
 @dataclass(frozen=True)
 class ClientEvent:
     kind: Literal["session.update", "append", "commit", "clear", "response.create", "response.cancel",
-                  "item.create", "item.truncate"]
+                  "item.create", "function_output", "item.truncate"]
     event_id: str | None = None
     changes: SessionChanges | None = None
     audio: bytes | None = None  # append: the audio bytes, in the session's input format
@@ -49,6 +59,7 @@ class ClientEvent:
     text: str | None = None  # item.create: the user's typed message
     item_id: str | None = None  # item.create: the client's item id, if it chose one; item.truncate: the item
     audio_end_ms: int | None = None  # item.truncate: how much of the item's audio the user heard
+    function_output: FunctionOutput | None = None  # function_output: the client's output for a call
 
 
 def _is_id(value: Any) -> bool:
@@ -88,8 +99,11 @@ def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
     if record is not None and not isinstance(record, bool):
         raise bad("`record` must be true or false.", "session.record")
     transcription = audio_in["transcription"] is not None if "transcription" in audio_in else None
+    tools = parse_tools(session["tools"], event_id) if session.get("tools") is not None else None
+    choice = parse_tool_choice(session["tool_choice"], event_id) if session.get("tool_choice") is not None \
+        else None
     return SessionChanges(instructions=instructions, voice=voice, mode=mode, record=record,
-                          transcription=transcription,
+                          transcription=transcription, tools=tools, tool_choice=choice,
                           input_format=parse_format(audio_in.get("format"), "audio.input", event_id),
                           output_format=parse_format(audio_out.get("format"), "audio.output", event_id),
                           event_id=event_id)
@@ -103,8 +117,9 @@ def _user_text_item(item: Any, event_id: str | None) -> tuple[str, str | None]:
     if not isinstance(item, dict):
         raise bad("conversation.item.create needs an `item` object.")
     if item.get("type") != "message" or item.get("role") != "user":
-        raise bad("Only user messages can be added here (PersonaPlex speaks for itself; there are no tools): "
-                  "item.type 'message', item.role 'user'.", "item.type", "unsupported_item")
+        raise bad("Only user messages and function_call_output items can be added here (PersonaPlex speaks "
+                  "for itself, and the model makes its own function calls): item.type 'message' with "
+                  "item.role 'user', or 'function_call_output'.", "item.type", "unsupported_item")
     content = item.get("content")
     if not isinstance(content, list) or not content or not all(isinstance(c, dict) for c in content):
         raise bad("item.content must be a non-empty list of content parts.", "item.content")
@@ -165,7 +180,11 @@ def parse_client_event(data: str | bytes) -> ClientEvent:
                                 event_id=event_id)
         return ClientEvent("response.cancel", event_id, response_id=response_id)
     if kind == "conversation.item.create":
-        text, item_id = _user_text_item(event.get("item"), event_id)
+        item = event.get("item")
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            return ClientEvent("function_output", event_id,
+                               function_output=parse_function_output(item, event_id, MAX_ID_CHARS))
+        text, item_id = _user_text_item(item, event_id)
         return ClientEvent("item.create", event_id, text=text, item_id=item_id)
     if kind == "conversation.item.truncate":
         return _truncate(event, event_id)
@@ -175,5 +194,5 @@ def parse_client_event(data: str | bytes) -> ClientEvent:
                             "unsupported_event", param="type", event_id=event_id)
     raise RealtimeError(f"Unsupported event type {str(kind)[:64]!r}: this server handles session.update, "
                         "input_audio_buffer.append/commit/clear, response.create/cancel, "
-                        "conversation.item.create (user text) and conversation.item.truncate.", "unknown_event",
+                        "conversation.item.create (user text, function_call_output) and conversation.item.truncate.", "unknown_event",
                         param="type", event_id=event_id)

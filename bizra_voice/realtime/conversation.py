@@ -45,6 +45,10 @@ class Conversation:
                 "status": "completed", "content": [{"type": "input_text", "text": text}]}
         return _item_added_and_done(item, self.append(item_id))
 
+    def added(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """``conversation.item.added`` + ``.done`` for an item the client created (a function's output)."""
+        return _item_added_and_done(item, self.append(item["id"]))
+
     def truncated(self, item_id: str, audio_end_ms: int, event_id: str | None = None) -> dict[str, Any]:
         """Acknowledge ``conversation.item.truncate`` of an assistant item (the client stopped playing it)."""
         sent = self.audio_ms.get(item_id)

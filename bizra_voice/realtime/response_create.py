@@ -10,7 +10,7 @@ transcript) inside the one conversation, so:
 - honoured: ``metadata`` (echoed on ``response.created`` and ``response.done``); values that restate the
   session (``instructions`` equal to the session's, ``output_modalities`` with ``audio``, ``conversation``
   ``auto``, the session's voice and output format, ``max_output_tokens`` ``inf``, no tools, ``tool_choice``
-  ``auto``/``none``), and nulls;
+  ``auto``/``none``: the session's functions and their choice are set with ``session.update``), and nulls;
 - refused with an ``error`` naming the request's ``event_id`` and the parameter (``response.<name>``):
   anything else - per-response instructions, text-only output, out-of-band responses (``conversation``
   ``none``, ``input``), another voice or format, a token limit, tools, prompts, reasoning. The response
@@ -134,9 +134,10 @@ def check_response(params: ResponseCreateParams, *, event_id: str | None, instru
     if params.max_output_tokens not in (None, "inf"):
         raise refuse("max_output_tokens", "the model decides how long it speaks; use 'inf'")
     if params.tools:
-        raise refuse("tools", "PersonaPlex has no tools")
+        raise refuse("tools", "the session's functions are declared with session.update (session.tools); a "
+                              "per-response tool list is not supported")
     if params.tool_choice not in (None, "auto", "none"):
-        raise refuse("tool_choice", "PersonaPlex has no tools")
+        raise refuse("tool_choice", "set it for the session with session.update (session.tool_choice)")
     for name in ("prompt", "reasoning", "parallel_tool_calls"):
         if getattr(params, name) is not None:
             raise refuse(name, "not supported by PersonaPlex")

@@ -9,6 +9,12 @@ piece a ``response.output_audio_transcript.delta``); closing sends the matching 
 not sent. ``response.create`` while a response is open closes that one (``completed``: the model's speech
 goes on in the new one) - in a full-duplex model the client chooses where a response begins, not whether
 the model speaks. The request's ``metadata`` comes back on ``response.created`` and ``response.done``.
+
+When hybrid mode's knowledge model calls the client's functions (``function_calls.py``), ``function_calls``
+sends a response of its own: one ``function_call`` item per call (``response.output_item.added``,
+``conversation.item.added``, ``response.function_call_arguments.delta`` and ``.done``,
+``response.output_item.done``, ``conversation.item.done``) and ``response.done`` listing them. A speech
+response still open is completed first, and the model's next words open a new one.
 """
 
 from __future__ import annotations
@@ -70,6 +76,35 @@ class ResponseStream:
             return []
         return self._close("cancelled", reason=reason)
 
+    def function_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The knowledge model called the client's functions (``{"call_id", "name", "arguments"}`` each)."""
+        events = self._close("completed") if self.response_id is not None else []
+        self.segmenter.cancel()
+        self.response_id, self.item_id, self.metadata = new_id("resp"), None, None
+        self.responses += 1
+        events.append({"type": "response.created", "event_id": new_id("event"),
+                       "response": self._response("in_progress")})
+        done_items = []
+        for index, call in enumerate(calls):
+            item_id = new_id("item")
+            previous = self.conversation.append(item_id)
+            item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                    "call_id": call["call_id"], "name": call["name"], "arguments": ""}
+            done = {**item, "status": "completed", "arguments": call["arguments"]}
+            named = {"response_id": self.response_id, "item_id": item_id, "output_index": index,
+                     "call_id": call["call_id"]}
+            events += [*self._item_events("added", item, index, previous),
+                       {"type": "response.function_call_arguments.delta", "event_id": new_id("event"), **named,
+                        "delta": call["arguments"]},
+                       {"type": "response.function_call_arguments.done", "event_id": new_id("event"), **named,
+                        "name": call["name"], "arguments": call["arguments"]},
+                       *self._item_events("done", done, index, previous)]
+            done_items.append(done)
+        events.append({"type": "response.done", "event_id": new_id("event"),
+                       "response": {**self._response("completed"), "output": done_items}})
+        self.response_id = None
+        return events
+
     def fail(self, code: str, message: str) -> list[dict[str, Any]]:
         """Close the open response as ``failed``: the server is ending the session."""
         if not self.segmenter.cancel() or self.response_id is None:
@@ -100,19 +135,20 @@ class ResponseStream:
         return {"id": self.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
                 "status": status, "content": content}
 
-    def _item_events(self, phase: Literal["added", "done"], item: dict[str, Any]) -> list[dict[str, Any]]:
+    def _item_events(self, phase: Literal["added", "done"], item: dict[str, Any], output_index: int,
+                     previous: str | None) -> list[dict[str, Any]]:
         """``response.output_item.*`` + ``conversation.item.*``: SDKs track the conversation through them."""
         return [{"type": f"response.output_item.{phase}", "event_id": new_id("event"),
-                 "response_id": self.response_id, "output_index": 0, "item": item},
-                {"type": f"conversation.item.{phase}", "event_id": new_id("event"), "previous_item_id": self._previous,
-                 "item": item}]
+                 "response_id": self.response_id, "output_index": output_index, "item": item},
+                {"type": f"conversation.item.{phase}", "event_id": new_id("event"),
+                 "previous_item_id": previous, "item": item}]
 
     def _open(self, metadata: dict[str, str] | None) -> list[dict[str, Any]]:
         self.response_id, self.item_id, self.transcript, self.metadata = new_id("resp"), new_id("item"), [], metadata
         self.responses += 1
         self._previous = self.conversation.append(self.item_id)
         return [{"type": "response.created", "event_id": new_id("event"), "response": self._response("in_progress")},
-                *self._item_events("added", self._assistant_item("in_progress")),
+                *self._item_events("added", self._assistant_item("in_progress"), 0, self._previous),
                 self._part("response.content_part.added", part={"type": "audio", "transcript": ""})]
 
     def _close(self, status: str, *, reason: str | None = None,
@@ -122,7 +158,7 @@ class ResponseStream:
         events = [self._part("response.output_audio.done"),
                   self._part("response.output_audio_transcript.done", transcript=transcript),
                   self._part("response.content_part.done", part={"type": "audio", "transcript": transcript}),
-                  *self._item_events("done", item),
+                  *self._item_events("done", item, 0, self._previous),
                   {"type": "response.done", "event_id": new_id("event"),
                    "response": self._response(status, reason=reason, error=error, with_output=True)}]
         self.response_id = self.item_id = self.metadata = None

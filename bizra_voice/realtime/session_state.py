@@ -7,7 +7,8 @@ a change of one gets ``session_locked`` with its GA path. The persona (``instruc
 prefilled into the model too, but they can change live: the plan then carries a ``LiveChange`` that the
 engine applies first (``live_change.py``), and the update commits only once that is in effect - a refused
 change leaves every setting as it was. Voices are resolved when they are named (``voices.py``), so an
-unknown one is refused at ``session.update``.
+unknown one is refused at ``session.update``. The client's ``tools`` and ``tool_choice`` may change at any
+time; they apply from the next user turn (``function_calls.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any
 from bizra_voice.realtime.audio_formats import AudioCodec, format_object
 from bizra_voice.realtime.client_events import SessionChanges
 from bizra_voice.realtime.errors import RealtimeError, new_id
+from bizra_voice.realtime.function_calls import FunctionTool, check_choice
 from bizra_voice.realtime.live_change import LiveChange
 from bizra_voice.realtime.voices import VoiceMap
 from bizra_voice.session_params import normalize_voice
 
 # session.update fields (SessionChanges -> RealtimeSettings, same names), with the GA path of each
-_FIELDS = ("instructions", "voice", "mode", "record", "transcription", "input_format", "output_format")
+_FIELDS = ("instructions", "voice", "mode", "record", "transcription", "input_format", "output_format", "tools",
+           "tool_choice")
 _LOCKED_ONCE_STARTED = {"mode": "session.mode", "record": "session.record",
                         "input_format": "session.audio.input.format",
                         "output_format": "session.audio.output.format"}
@@ -43,6 +46,8 @@ class RealtimeSettings:
     transcription: bool = False
     input_format: str = "audio/pcm"
     output_format: str = "audio/pcm"
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: str | dict[str, str] = "auto"
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,10 @@ class SessionState:
     """Settings + the lock that the engine session's start puts on them + the audio codec it fixes."""
 
     def __init__(self, settings: RealtimeSettings, voices: VoiceMap | None = None,
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None, can_force_tools: bool = True) -> None:
         self.settings = settings
         self.voices = voices
+        self.can_force_tools = can_force_tools  # the knowledge backend can enforce tool_choice 'required'
         self.session_id = session_id or new_id("sess")
         self.codec: AudioCodec | None = None  # made when the engine session starts
         if not settings.engine_voice and voices is None:
@@ -103,6 +109,9 @@ class SessionState:
         engine_voice = s.engine_voice
         if "voice" in asked:
             engine_voice = self.resolve_voice(asked["voice"], event_id=changes.event_id)
+        if "tools" in asked or "tool_choice" in asked:
+            check_choice(asked.get("tools", s.tools), asked.get("tool_choice", s.tool_choice),
+                         can_force=self.can_force_tools, event_id=changes.event_id)
         if not self.started:
             return SettingsUpdate(asked, engine_voice)
         current = {**vars(s), "voice": s.engine_voice}
@@ -139,7 +148,8 @@ class SessionState:
                           "turn_detection": None, "noise_reduction": None},
                 "output": {"format": format_object(s.output_format), "voice": s.voice, "speed": 1.0},
             },
-            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
+            "tools": [tool.session_object() for tool in s.tools], "tool_choice": s.tool_choice,
+            "max_output_tokens": "inf", "tracing": None,
             "mode": s.mode, "record": s.record,
         }
 

@@ -29,8 +29,9 @@ def hybrid_controller(server: Any, live: Any, requested_mode: str, persona: str 
 
     answer = None
     if server.qwen is not None:
-        def answer(question: str, context: list, persona: str | None):
-            return server.qwen.options(stream=True).answer.remote(question, context, persona, events=True)
+        def answer(question: str | None, context: list, persona: str | None, **options: Any):
+            return server.qwen.options(stream=True).answer.remote(question, context, persona, events=True,
+                                                                  **options)
 
     transcribe = None
     if server.transcriber is not None:

@@ -6,7 +6,10 @@ way the interface is the same, so the ModeRouter and the VoiceServer do not care
 
 - ``answer(question, context, persona, events=False)`` streams the answer text (``handle.options(stream=
   True)``); with ``events=True`` also the ``tool.call`` / ``tool.result`` events of its tool calls and, if it
-  fails, a last ``knowledge.failed`` event with the reason (instead of an exception through Ray);
+  fails, a last ``knowledge.failed`` event with the reason (instead of an exception through Ray). A
+  Realtime client's own functions come as ``client_tools`` (Chat Completions schemas) and ``tool_choice``;
+  a call of one ends the stream with ``client_tool.calls`` (``knowledge/answer_loop.py``), and the answer
+  goes on in a new ``answer(resume=<those messages + the outputs>)``;
 - ``status()`` is what the ModeRouter reads: healthy (a gateway's probe state), load, recent first-token
   latency, the tools offered.
 
@@ -31,6 +34,7 @@ from ray import serve
 from bizra_voice.knowledge.answer_loop import answer_events
 from bizra_voice.knowledge.config import KnowledgeConfig, ToolsConfig
 from bizra_voice.knowledge.messages import question_messages
+from bizra_voice.knowledge.tools.client_tools import with_client_tools
 
 log = logging.getLogger("ray.serve")
 
@@ -120,11 +124,12 @@ class KnowledgeModel:
             "tools": self.toolbox.describe() if self.toolbox is not None else None,
         }
 
-    async def _timed(self, messages: list[dict], tools: list[dict]) -> AsyncIterator[Any]:
+    async def _timed(self, messages: list[dict], tools: list[dict],
+                     tool_choice: str | dict | None = None) -> AsyncIterator[Any]:
         """One completion of the backend, its first-token latency recorded (what the router's deadline reads)."""
         start = time.perf_counter()
         first = True
-        async for item in self.model.stream(messages, tools):
+        async for item in self.model.stream(messages, tools, tool_choice if tools else None):
             if first:
                 ms = (time.perf_counter() - start) * 1000.0
                 self._latency = (ms, time.monotonic())
@@ -132,17 +137,25 @@ class KnowledgeModel:
                 first = False
             yield item
 
-    async def answer(self, question: str, context: list[dict] | None = None, persona: str | None = None,
-                     events: bool = False) -> AsyncIterator[str | dict]:
-        """Stream the answer to ``question``: text pieces (and, with ``events``, tool and failure events)."""
-        messages = question_messages(self.config.system_prompt, question, context, persona)
+    async def answer(self, question: str | None, context: list[dict] | None = None, persona: str | None = None,
+                     events: bool = False, client_tools: list[dict] | None = None,
+                     tool_choice: str | dict | None = None,
+                     resume: list[dict] | None = None) -> AsyncIterator[str | dict]:
+        """Stream the answer to ``question`` (or go on with the ``resume`` messages of a paused answer): text
+        pieces (and, with ``events``, tool, client-call and failure events)."""
+        messages = list(resume) if resume else question_messages(self.config.system_prompt, question or "",
+                                                                   context, persona)
+        toolset = with_client_tools(self.toolbox, client_tools)
+
+        def model(msgs: list[dict], tools: list[dict]) -> AsyncIterator[Any]:
+            return self._timed(msgs, tools, tool_choice)
+
         with self._lock:
             self._ongoing += 1
             self._answers += 1
         start = time.perf_counter()
         try:
-            async for item in answer_events(self._timed, messages, self.toolbox,
-                                            self.tools_config.max_calls_per_answer):
+            async for item in answer_events(model, messages, toolset, self.tools_config.max_calls_per_answer):
                 if isinstance(item, dict):
                     if item["type"] == "tool.result":
                         log.info("tool %s: %s in %.0f ms%s", item["name"], "ok" if item["ok"] else "failed",

@@ -10,6 +10,9 @@
   (which would drop the oldest input to catch up).
 - **Frames become events.** Each output frame goes to hybrid mode, the user-turn detector
   (``realtime_turns.py``) and the ``ResponseStream``; their events are sent.
+- **The client's functions.** Hybrid mode's knowledge model is offered the session's ``tools``; its call
+  of one becomes a ``function_call`` response, the client's ``function_call_output`` items are kept
+  (``PendingCalls``) and ``response.create`` resumes the answer with them (``realtime/function_calls.py``).
 - **The persona and voice change live.** ``change_prompt`` (a ``session.update`` of a started session)
   re-anchors the slot on the new prompt plus the recent conversation between ticks; the pacer and the
   frame loop keep running meanwhile. Hybrid mode's knowledge answers follow the new persona too.
@@ -34,6 +37,7 @@ from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, S
 from bizra_voice.hybrid import MAX_PERSONA_CHARS
 from bizra_voice.realtime import LiveChange, RealtimeError, ResponseStream, SessionState, new_id
 from bizra_voice.realtime import server_events as E
+from bizra_voice.realtime.function_calls import FunctionOutput, PendingCalls, answer_options
 from bizra_voice.serve.pacer import AudioPacer
 from bizra_voice.serve.realtime_turns import UserTurns
 from bizra_voice.turns import TurnConfig
@@ -92,6 +96,7 @@ class RealtimeEngine:
         self.recorder: Any = None
         self.hybrid: Any = None
         self.decision: dict[str, Any] | None = None
+        self.calls = PendingCalls()  # the client's function calls and outputs
         self.frames_in = 0  # frames played into the engine
         self.frames_out = 0  # frames it produced
         self._wanted = asyncio.Event()
@@ -140,6 +145,18 @@ class RealtimeEngine:
         log.info("realtime session %s: live %s change in %.1f ms", self.live.session_id,
                  " and ".join(change.changed), result["prefill_ms"])
         return result
+
+    def function_output(self, output: FunctionOutput, event_id: str | None) -> list[dict[str, Any]]:
+        """The client's output for a call of its function: kept for the answer's resume; its item events.
+        RealtimeError when no call awaits it."""
+        self.calls.answered(output, event_id)
+        return self.responses.conversation.added(output.item(output.item_id or new_id("item")))
+
+    def resume_answer(self) -> bool:
+        """``response.create`` after function outputs: the paused answer goes on with them (True if it did)."""
+        if not self.calls.outputs or self.hybrid is None:
+            return False
+        return bool(self.hybrid.resume(self.calls.take()))
 
     async def cancel_answer(self, reason: str) -> None:
         if self.hybrid is not None:  # a guided answer stops too (PersonaPlex's own words are its own)
@@ -192,6 +209,7 @@ class RealtimeEngine:
 
         self.hybrid = hybrid_controller(host, live, settings.mode, settings.instructions, self._hybrid_event,
                                         detect_turns=False)
+        self.hybrid.answer_options = lambda: answer_options(self.state.settings.tools, self.state.settings.tool_choice)
         h = host.config.hybrid
         detect = TurnConfig(min_db=h.vad_min_db, hangover_ms=h.vad_hangover_ms, early_end_ms=h.vad_early_end_ms)
         self.turns.start(self.hybrid, detect if self._wants_transcripts() else None)
@@ -266,6 +284,13 @@ class RealtimeEngine:
         if kind == "transcript.error":
             await self.send(E.transcription_failed(event.get("item_id") or new_id("item"), event["reason"]))
             return
+        if kind == "tool.client_calls":  # the knowledge model called the client's functions
+            self.calls.asked(event["calls"])
+            for out in self.responses.function_calls(event["calls"]):
+                await self.send(out)
+            return
+        if kind == "tool.client_calls.dropped":
+            self.calls.dropped(event["call_ids"], event["reason"])
         if kind == "playback.flush":  # barge-in: the guided answer stopped; close the open response
             for out in self.responses.cancel("turn_detected"):
                 await self.send(out)

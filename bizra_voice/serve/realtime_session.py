@@ -64,7 +64,7 @@ class RealtimeSession:
                                     mode=params.mode, record=params.record)
         runtime = server.runtime
         voices = VoiceMap(server.config.realtime.voices, lambda: [v["name"] for v in runtime.voices()])
-        self.state = SessionState(settings, voices)
+        self.state = SessionState(settings, voices, can_force_tools=not server.config.knowledge.local)
         self.responses = ResponseStream(self.state, Conversation())
         self.engine = RealtimeEngine(server, params, self.state, self.responses, self.send, accepted_at)
         self.updates = SessionUpdates(self.state, self.engine, self.send)
@@ -203,6 +203,9 @@ class RealtimeSession:
                                                                   event.event_id))
         elif event.kind == "item.create":
             await self._typed_message(event)
+        elif event.kind == "function_output":
+            for out in engine.function_output(event.function_output, event.event_id):  # type: ignore[arg-type]
+                await self.send(out)
 
     async def _response_create(self, event: ClientEvent) -> None:
         """Honoured (a response opens now, with its metadata) or refused (``error`` with the event_id)."""
@@ -213,6 +216,7 @@ class RealtimeSession:
         self.engine.want()
         for out in self.responses.request(request):
             await self.send(out)
+        self.engine.resume_answer()  # after function outputs: the answer goes on, spoken in this response
 
     async def _typed_message(self, event: ClientEvent) -> None:
         if self.state.settings.mode == "standalone" or self.host.qwen is None:
