@@ -89,6 +89,8 @@ def test_browser_talks_to_server(base_url: str) -> None:
                     timeout=WAIT_MS,
                 )
                 page.wait_for_timeout(1500)  # let the jitter buffer settle for the screenshot and counters
+                # playback reaches the speakers through the WebRTC loopback (the echo canceller's reference)
+                page.wait_for_function("() => +document.body.dataset.playbackPackets > 25", timeout=WAIT_MS)
             except sync_api.TimeoutError:
                 pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
             finally:
@@ -119,10 +121,12 @@ def test_browser_talks_to_server(base_url: str) -> None:
         finally:
             browser.close()
 
-    print(f"\nbrowser e2e: counters={counters} rtt shown={status_rtt!r} text={transcript[:60]!r}")
+    print(f"\nbrowser e2e: counters={counters} rtt shown={status_rtt!r} text={transcript[:60]!r}; "
+          f"echo-reference loopback adds {counters.get('playbackDelayMs')} ms (receiver jitter buffer)")
     assert int(counters["framesSent"]) >= MIN_FRAMES
     assert int(counters["framesReceived"]) >= MIN_FRAMES
     assert int(counters["framesDecoded"]) >= MIN_FRAMES
+    assert counters["playback"] == "webrtc-loopback" and int(counters["playbackPackets"]) > 0, counters
     assert transcript.strip(), "assistant text is shown"
     assert status_rtt.endswith("ms") or "ms" in status_rtt
     assert len(answers) == 2 and all(a.strip() for a in answers), answers
@@ -203,4 +207,46 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
     assert state == "connected"
     assert len(sockets) == 1, sockets  # one connection for the whole test: no reconnect happened
     assert "session=" in sockets[0] and "text_prompt" not in sockets[0], sockets  # a ticket, not a long URL
+    assert console_errors == [], f"console errors: {console_errors}"
+
+
+def test_browser_without_webrtc_plays_directly_and_says_so(base_url: str) -> None:
+    """A browser without RTCPeerConnection (or a loopback that fails) still plays the assistant, straight to
+    the speakers, and the page tells the user the echo canceller may not cover it (headphones)."""
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    if not SPEECH_WAV.exists():
+        pytest.skip(f"speech fixture missing: {SPEECH_WAV}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+
+    console_errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={SPEECH_WAV}", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context()
+            context.grant_permissions(["microphone"])
+            context.add_init_script("delete window.RTCPeerConnection;")
+            page = context.new_page()
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
+            page.goto(base_url, wait_until="networkidle")
+            page.get_by_role("button", name="Connect and talk").click()
+            try:
+                page.wait_for_selector('body[data-state="connected"]', state="attached", timeout=WAIT_MS)
+                page.wait_for_function("(n) => +document.body.dataset.framesDecoded >= n", arg=MIN_FRAMES,
+                                       timeout=WAIT_MS)
+            except sync_api.TimeoutError:
+                pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
+            counters = _counters(page)
+            notes = page.locator(".entry.router .text").all_inner_texts()
+            page.get_by_role("button", name="Disconnect").click()
+            page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=WAIT_MS)
+        finally:
+            browser.close()
+    assert counters["playback"] == "direct" and "playbackPackets" not in counters, counters
+    assert any("no WebRTC" in n and "headphones" in n for n in notes), notes
     assert console_errors == [], f"console errors: {console_errors}"

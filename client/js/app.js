@@ -96,6 +96,12 @@ async function connect(reconnects = 0) {
     return;
   }
   if (call !== c) return; // cancelled while the permission prompt was open
+  const route = c.engine.route;
+  document.body.dataset.playback = route.path;
+  if (route.path !== 'webrtc-loopback') {
+    log.note(`Playback goes straight to the speakers: ${route.reason}. The echo canceller may not cover the `
+      + 'assistant\'s voice; use headphones so it does not hear itself.');
+  }
 
   c.decoder = new OggOpusDecoder((samples, rate) => {
     c.engine.play(samples, rate);
@@ -227,6 +233,11 @@ setInterval(() => {
     underruns: c ? c.underruns : Number(document.body.dataset.underruns),
     tickMs: c ? c.tickMs : null,
   });
+  c?.engine.route?.stats().then((s) => {
+    if (!s) return;
+    document.body.dataset.playbackPackets = s.packets;
+    if (s.delayMs != null) document.body.dataset.playbackDelayMs = Math.round(s.delayMs);
+  }).catch(() => { /* the call ended meanwhile */ });
 }, 250);
 
 async function loadServerInfo() {

@@ -1,12 +1,17 @@
 // Web Audio wiring: microphone → capture worklet (→ 24 kHz frames), and decoded speech → playback
-// worklet → speakers. The context keeps the device's native rate; the worklets resample.
+// worklet → speakers, through a WebRTC loopback so the echo canceller hears it (audio/echo-reference.js).
+// The context keeps the device's native rate; the worklets resample.
+
+import { routePlayback } from './echo-reference.js';
 
 const CAPTURE_URL = new URL('../worklets/capture-worklet.js', import.meta.url);
 const PLAYBACK_URL = new URL('../worklets/playback-worklet.js', import.meta.url);
 
 export class AudioEngine {
-  constructor({ targetMs = 120, maxMs = 400 } = {}) {
+  constructor({ targetMs = 120, maxMs = 400, echoReference = true } = {}) {
     this.jitter = { targetMs, maxMs };
+    this.echoReference = echoReference;
+    this.route = null; // how playback reaches the speakers: { path, reason, stats(), close() }
     this.context = null;
     this.stream = null;
     this.capture = null;
@@ -35,7 +40,7 @@ export class AudioEngine {
       numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1], processorOptions: this.jitter,
     });
     this.playback.port.onmessage = ({ data }) => this.onPlaybackStats(data);
-    this.playback.connect(this.context.destination);
+    this.route = await routePlayback(this.context, this.playback, { loopback: this.echoReference });
     if (this.context.state === 'suspended') await this.context.resume();
     return this.context.sampleRate;
   }
@@ -51,8 +56,9 @@ export class AudioEngine {
   async stop() {
     if (this.stream) for (const track of this.stream.getTracks()) track.stop();
     if (this.capture) this.capture.port.onmessage = null;
+    if (this.route) this.route.close();
     if (this.context && this.context.state !== 'closed') await this.context.close();
-    this.stream = this.context = this.capture = this.playback = null;
+    this.stream = this.context = this.capture = this.playback = this.route = null;
   }
 }
 
