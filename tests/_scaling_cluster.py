@@ -56,7 +56,7 @@ def main(cache_dir: str) -> dict:
     from bizra_voice.app import build_app
     from bizra_voice.chat_client import chat_url
 
-    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "NO_TORCH_COMPILE": "1"}})
     try:
         args = {

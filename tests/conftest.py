@@ -251,13 +251,15 @@ async def run_chat_admitted(url: str, pcm, *, lockstep: bool = False, within_s: 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray cluster for the whole pytest session (reused if the process already has one)."""
+    """One local Ray cluster for the whole pytest session (reused if the process already has one). Always a
+    new one (``address="local"``): without it ``ray.init`` joins the latest cluster on this machine - a user's
+    ``serve run``, or a second test run - and the tests would redeploy its apps and shut its Serve down."""
     import ray
 
     started = False
     if not ray.is_initialized():
         ray.init(
-            num_cpus=8, include_dashboard=False, namespace="serve", log_to_driver=False,
+            address="local", num_cpus=8, include_dashboard=False, namespace="serve", log_to_driver=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "NO_TORCH_COMPILE": "1",
                                       "RAY_AUTH_MODE": "disabled"}},
         )

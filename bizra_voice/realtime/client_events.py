@@ -109,6 +109,12 @@ def _session_changes(session: Any, event_id: str | None) -> SessionChanges:
                           event_id=event_id)
 
 
+def parse_session_config(session: Any) -> SessionChanges:
+    """A session config given outside an event (a WebRTC call's ``session`` part), checked like
+    ``session.update``'s."""
+    return _session_changes(session, None)
+
+
 def _user_text_item(item: Any, event_id: str | None) -> tuple[str, str | None]:
     """A ``conversation.item.create`` item -> (text, item id); only user messages of input_text are served."""
     def bad(message: str, param: str = "item", code: str = "invalid_value") -> RealtimeError:

@@ -8,6 +8,16 @@ from bizra_voice.realtime.voices import DEFAULT_VOICE_TABLE
 from bizra_voice.session_params import normalize_voice
 
 
+class IceServer(BaseModel):
+    """One STUN or TURN server (aiortc's ``RTCIceServer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
 class RealtimeConfig(BaseModel):
     """OpenAI Realtime clients: voice names, and how much bursty input may wait to be played."""
 
@@ -21,6 +31,11 @@ class RealtimeConfig(BaseModel):
     max_buffered_audio_s: float = Field(
         30.0, gt=0.0, le=600.0, description="Input audio that may wait to be played into the engine (bursts, "
         "audio sent while the session opens); an append past this gets an error and its excess is refused.")
+
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers for WebRTC calls (POST /v1/realtime/calls) whose "
+        "clients are behind NAT: [{urls: 'stun:stun.example.org:3478'}, {urls: 'turn:...', username, credential}]. "
+        "Empty: host candidates only (the replica's own addresses), enough on a LAN.")
 
     @field_validator("voices")
     @classmethod

@@ -34,8 +34,10 @@ from bizra_voice.realtime.session_state import SessionState
 
 class ResponseStream:
     def __init__(self, state: SessionState, conversation: Conversation,
-                 segmenter: SegmenterConfig | None = None) -> None:
+                 segmenter: SegmenterConfig | None = None, audio_events: bool = True) -> None:
+        """``audio_events=False``: the audio goes on a WebRTC track, so no ``output_audio.delta`` is sent."""
         self.state = state
+        self.audio_events = audio_events
         self.conversation = conversation
         self.segmenter = ResponseSegmenter(segmenter or SegmenterConfig())
         self.response_id: str | None = None  # the open response, if any
@@ -51,11 +53,14 @@ class ResponseStream:
         codec = self.state.start()  # frames flow: the session's settings are fixed
         self.frames += 1
         step = self.segmenter.step(text, pcm)
-        audio = codec.encode(pcm) if codec.streams_output else None  # else encoded only when sent
+        streamed = self.audio_events and codec.streams_output  # a stateful codec hears every frame
+        audio = codec.encode(pcm) if streamed else None  # else encoded only when sent
         if not step.in_response:
             return []
         events = self._open(None) if step.started else []
-        events.append(self._part("response.output_audio.delta", delta=codec.encode(pcm) if audio is None else audio))
+        if self.audio_events:
+            events.append(self._part("response.output_audio.delta",
+                                     delta=codec.encode(pcm) if audio is None else audio))
         self.conversation.audio_sent(self.item_id, int(C.FRAME_MS))  # type: ignore[arg-type]
         if text:
             self.transcript.append(text)

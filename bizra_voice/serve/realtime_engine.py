@@ -80,8 +80,9 @@ class _ExtensionOut:
 
 class RealtimeEngine:
     def __init__(self, host: RealtimeHost, params: Any, state: SessionState, responses: ResponseStream,
-                 send: Send, accepted_at: float) -> None:
+                 send: Send, accepted_at: float, audio_track: Any = None) -> None:
         self.host = host
+        self.audio_track = audio_track  # a WebRTC call's outbound track (None: audio in response events)
         self.params = params
         self.state = state
         self.responses = responses
@@ -159,6 +160,8 @@ class RealtimeEngine:
         return bool(self.hybrid.resume(self.calls.take()))
 
     async def cancel_answer(self, reason: str) -> None:
+        if self.audio_track is not None:
+            self.audio_track.flush()
         if self.hybrid is not None:  # a guided answer stops too (PersonaPlex's own words are its own)
             await self.hybrid.cancel_answer(reason)
 
@@ -232,6 +235,8 @@ class RealtimeEngine:
             self.pacer.kick()
             text = out.text or ""
             self.hybrid.on_output(out)
+            if self.audio_track is not None:
+                self.audio_track.push(out.pcm)
             await self.turns.assistant_text(text)
             for event in self.responses.on_frame(out.pcm, text):
                 await self.send(event)
@@ -292,6 +297,8 @@ class RealtimeEngine:
         if kind == "tool.client_calls.dropped":
             self.calls.dropped(event["call_ids"], event["reason"])
         if kind == "playback.flush":  # barge-in: the guided answer stopped; close the open response
+            if self.audio_track is not None:
+                self.audio_track.flush()  # what the server still had to send is not played
             for out in self.responses.cancel("turn_detected"):
                 await self.send(out)
         await self.send(E.extension(event))

@@ -55,7 +55,10 @@ log = logging.getLogger("ray.serve")
 class RealtimeSession:
     """Runs one Realtime connection for ``server`` (the VoiceServer, see ``RealtimeHost``)."""
 
-    def __init__(self, server: RealtimeHost, ws: Any, params: Any, accepted_at: float) -> None:
+    def __init__(self, server: RealtimeHost, ws: Any, params: Any, accepted_at: float, *,
+                 audio_track: Any = None) -> None:
+        """``ws``: the WebSocket, or a WebRTC call's data channel (``webrtc/channel.py``), whose audio then
+        flows on ``audio_track`` (the assistant's) and the call's inbound track."""
         self.host = server
         self.ws = ws
         settings = RealtimeSettings(model=str(ws.query_params.get("model") or "personaplex-7b-v1")[:128],
@@ -65,8 +68,9 @@ class RealtimeSession:
         runtime = server.runtime
         voices = VoiceMap(server.config.realtime.voices, lambda: [v["name"] for v in runtime.voices()])
         self.state = SessionState(settings, voices, can_force_tools=not server.config.knowledge.local)
-        self.responses = ResponseStream(self.state, Conversation())
-        self.engine = RealtimeEngine(server, params, self.state, self.responses, self.send, accepted_at)
+        self.responses = ResponseStream(self.state, Conversation(), audio_events=audio_track is None)
+        self.engine = RealtimeEngine(server, params, self.state, self.responses, self.send, accepted_at,
+                                     audio_track=audio_track)
         self.updates = SessionUpdates(self.state, self.engine, self.send)
         self.ending: Ending | None = None  # what the client was told, when the server ended the session
         self._send_lock = asyncio.Lock()

@@ -116,6 +116,14 @@ def create_app(server: VoiceServer) -> FastAPI:
     async def realtime(ws: WebSocket) -> None:  # OpenAI Realtime (GA) protocol: serve/realtime_session.py
         await server.realtime(ws)
 
+    @app.post("/v1/realtime/calls")
+    async def realtime_call(request: Request) -> Response:  # the same over WebRTC: webrtc/calls.py
+        return await server.realtime_call(request)
+
+    @app.post("/v1/realtime/calls/{call_id}/hangup")
+    async def hang_up(call_id: str, request: Request) -> Response:
+        return await server.hang_up(call_id, request)
+
     @app.get("/")
     async def index(request: Request) -> Response:
         return await server.index(request)
@@ -178,6 +186,8 @@ class VoiceServer:
         self.access = AccessPolicy.create(acc.token, acc.token_env, acc.allowed_origins, acc.allow_localhost_origins)
         self.voice_uploads = self._voice_uploads()  # None unless the operator enabled them (voices.uploads)
         self._open: dict[str, Outbox] = {}  # live sessions by id, told first when the replica drains
+        self._calls: dict[str, Any] = {}  # WebRTC Realtime calls on this replica, by call id
+        self._call_tasks: set[asyncio.Task] = set()
         self._draining: str | None = None
         self._drain_watcher: asyncio.Task | None = None
         self._node_drain_watcher: asyncio.Task | None = None
@@ -472,6 +482,48 @@ class VoiceServer:
             await session.run()
         finally:
             self._open.pop(key, None)
+
+    async def realtime_call(self, request: Request) -> Response:
+        """``POST /v1/realtime/calls``: answer a WebRTC offer; the call is then served in the background."""
+        from bizra_voice.webrtc.calls import CallRefused, open_call
+
+        self._start_drain_watchers()
+        try:
+            call = await open_call(self, request, [i.model_dump(exclude_none=True) for i in self.config.realtime.ice_servers])
+        except CallRefused as refused:
+            return refused.response()
+        key = f"realtime-call-{call.call_id}"
+        self._open[key] = call.session.drain_handle()
+        self._calls[call.call_id] = call
+
+        async def serve_call() -> None:
+            try:
+                await call.run()
+            except Exception:
+                log.exception("realtime call %s failed", call.call_id)
+            finally:
+                self._open.pop(key, None)
+                self._calls.pop(call.call_id, None)
+
+        task = asyncio.ensure_future(serve_call())
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+        return Response(call.pc.localDescription.sdp, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"{request.url.path.rstrip('/')}/{call.call_id}"})
+
+    async def hang_up(self, call_id: str, request: Request) -> Response:
+        denied = self.access.check(request.query_params, request.headers, request.url.scheme)
+        if denied is not None:
+            return JSONResponse({"error": {"type": "invalid_request_error", "code": "access_denied",
+                                           "message": denied.message}}, status_code=denied.status)
+        call = self._calls.get(call_id)
+        if call is None:
+            return JSONResponse({"error": {"type": "invalid_request_error", "code": "call_not_found",
+                                           "message": f"No call {call_id!r} on this replica (it ended, or another "
+                                           "replica holds it: close the peer connection to end it)."}},
+                                status_code=404)
+        await call.hang_up()
+        return Response(status_code=200)
 
     # ---- operations: metrics, recording, session-tagged logs (bizra_voice/serve/metrics.py, recording.py)
     def _init_operations(self) -> None:
