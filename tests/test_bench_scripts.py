@@ -67,3 +67,16 @@ def test_bench_sessions_quick_against_the_cpu_server(cpu_server, tmp_path):
     for name in ("sessions_cdf.png", "sessions_p99.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert report["systems"] == saved["systems"]
+
+
+@pytest.mark.slow
+def test_bench_transports_measures_both_transports_against_the_cpu_server(cpu_server, tmp_path):
+    import bench_transports
+
+    report = bench_transports.run(["--url", cpu_server, "--seconds", "2", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "transports_cpu.json").read_text())
+    _provenance_ok(saved)
+    assert set(saved["cpu_s_per_s"]) == {"idle", "websocket", "webrtc"}
+    assert all(v >= 0 for v in saved["cpu_s_per_s"].values())
+    assert saved["cpu_s_per_s"]["websocket"] > 0 and saved["cpu_s_per_s"]["webrtc"] > 0
+    assert report["cpu_s_per_s"] == saved["cpu_s_per_s"]

@@ -89,8 +89,8 @@ def test_browser_talks_to_server(base_url: str) -> None:
                     timeout=WAIT_MS,
                 )
                 page.wait_for_timeout(1500)  # let the jitter buffer settle for the screenshot and counters
-                # playback reaches the speakers through the WebRTC loopback (the echo canceller's reference)
-                page.wait_for_function("() => +document.body.dataset.playbackPackets > 25", timeout=WAIT_MS)
+                # by default the conversation is a WebRTC call: the assistant arrives as RTP (getStats)
+                page.wait_for_function("() => +document.body.dataset.rtpPacketsReceived > 100", timeout=WAIT_MS)
             except sync_api.TimeoutError:
                 pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
             finally:
@@ -121,12 +121,11 @@ def test_browser_talks_to_server(base_url: str) -> None:
         finally:
             browser.close()
 
-    print(f"\nbrowser e2e: counters={counters} rtt shown={status_rtt!r} text={transcript[:60]!r}; "
-          f"echo-reference loopback adds {counters.get('playbackDelayMs')} ms (receiver jitter buffer)")
+    print(f"\nbrowser e2e (WebRTC call): counters={counters} rtt shown={status_rtt!r} text={transcript[:60]!r}")
     assert int(counters["framesSent"]) >= MIN_FRAMES
     assert int(counters["framesReceived"]) >= MIN_FRAMES
     assert int(counters["framesDecoded"]) >= MIN_FRAMES
-    assert counters["playback"] == "webrtc-loopback" and int(counters["playbackPackets"]) > 0, counters
+    assert counters["transport"] == "webrtc" and counters["playback"] == "webrtc-call", counters
     assert transcript.strip(), "assistant text is shown"
     assert status_rtt.endswith("ms") or "ms" in status_rtt
     assert len(answers) == 2 and all(a.strip() for a in answers), answers
@@ -148,6 +147,7 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
     persona = "أنت بزرا، خبّاز مرح يتحدث عن الخبز. You are BIZRA, a cheerful baker."
     console_errors: list[str] = []
     sockets: list[str] = []
+    calls: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium, headless=True,
@@ -160,6 +160,8 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
             page.on("websocket", lambda ws: sockets.append(ws.url) if "/api/chat" in ws.url else None)
+            page.on("request", lambda r: calls.append(r.url) if r.method == "POST" and "/v1/realtime/calls" in r.url
+                    else None)
 
             def received() -> int:
                 return int(_counters(page)["framesReceived"])
@@ -205,14 +207,13 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
     assert re.fullmatch(r"Persona updated live in \d+ ms, no reconnect\.", persona_status), persona_status
     assert re.fullmatch(r"Voice updated live in \d+ ms \(voice NATF1\), no reconnect\.", voice_status), voice_status
     assert state == "connected"
-    assert len(sockets) == 1, sockets  # one connection for the whole test: no reconnect happened
-    assert "session=" in sockets[0] and "text_prompt" not in sockets[0], sockets  # a ticket, not a long URL
+    assert len(calls) == 1 and not sockets, (calls, sockets)  # one WebRTC call for the whole test: no reconnect
+    assert "session=" in calls[0] and "text_prompt" not in calls[0], calls  # a ticket, not a long URL
     assert console_errors == [], f"console errors: {console_errors}"
 
 
-def test_browser_without_webrtc_plays_directly_and_says_so(base_url: str) -> None:
-    """A browser without RTCPeerConnection (or a loopback that fails) still plays the assistant, straight to
-    the speakers, and the page tells the user the echo canceller may not cover it (headphones)."""
+def _session_page(base_url: str, path: str, *, without_webrtc: bool = False) -> tuple[dict, list[str], list[str]]:
+    """Open ``path`` on the page, talk until 50 frames were decoded; -> counters, conversation notes, errors."""
     chromium = chromium_path()
     if chromium is None:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
@@ -229,16 +230,19 @@ def test_browser_without_webrtc_plays_directly_and_says_so(base_url: str) -> Non
         try:
             context = browser.new_context()
             context.grant_permissions(["microphone"])
-            context.add_init_script("delete window.RTCPeerConnection;")
+            if without_webrtc:
+                context.add_init_script("delete window.RTCPeerConnection;")
             page = context.new_page()
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
-            page.goto(base_url, wait_until="networkidle")
+            page.goto(base_url + path, wait_until="networkidle")
             page.get_by_role("button", name="Connect and talk").click()
             try:
                 page.wait_for_selector('body[data-state="connected"]', state="attached", timeout=WAIT_MS)
                 page.wait_for_function("(n) => +document.body.dataset.framesDecoded >= n", arg=MIN_FRAMES,
                                        timeout=WAIT_MS)
+                if not without_webrtc:  # the loopback's RTP packets (getStats) are counted
+                    page.wait_for_function("() => +document.body.dataset.playbackPackets > 25", timeout=WAIT_MS)
             except sync_api.TimeoutError:
                 pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
             counters = _counters(page)
@@ -247,6 +251,26 @@ def test_browser_without_webrtc_plays_directly_and_says_so(base_url: str) -> Non
             page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=WAIT_MS)
         finally:
             browser.close()
-    assert counters["playback"] == "direct" and "playbackPackets" not in counters, counters
+    return counters, notes, console_errors
+
+
+def test_browser_over_the_websocket_plays_through_the_echo_reference_loopback(base_url: str) -> None:
+    """``?transport=websocket``: Ogg/Opus over the WebSocket, and playback through the page's WebRTC loopback,
+    so Chromium's echo canceller still has the assistant's voice as its reference."""
+    counters, notes, errors = _session_page(base_url, "?transport=websocket")
+    print(f"\nbrowser over the WebSocket: echo-reference loopback adds {counters.get('playbackDelayMs')} ms "
+          f"(receiver jitter buffer); counters {counters}")
+    assert counters["transport"] == "websocket" and counters["playback"] == "webrtc-loopback", counters
+    assert int(counters["playbackPackets"]) > 0 and not notes, notes
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_browser_without_webrtc_falls_back_to_the_websocket_and_says_so(base_url: str) -> None:
+    """A browser without RTCPeerConnection (WebRTC blocked) still talks, over the WebSocket, with playback
+    straight to the speakers; the conversation says both, and why (headphones)."""
+    counters, notes, errors = _session_page(base_url, "", without_webrtc=True)
+    assert counters["transport"] == "websocket" and counters["playback"] == "direct", counters
+    assert "playbackPackets" not in counters and int(counters["framesDecoded"]) >= MIN_FRAMES
+    assert any("WebRTC could not start" in n and "WebSocket instead" in n for n in notes), notes
     assert any("no WebRTC" in n and "headphones" in n for n in notes), notes
-    assert console_errors == [], f"console errors: {console_errors}"
+    assert errors == [], f"console errors: {errors}"

@@ -249,9 +249,24 @@ def tools_app(ray_session, cpu_args, scripted, units_server, recordings):
              "call_timeout_s": TOOL_TIMEOUT_S}
     args = app_args(cpu_args, {"base_url": scripted.base_url, "model": "scripted"}, tools, recordings)
     try:
-        yield deploy(args, "bizra-tools", "/tools")
+        base = deploy(args, "bizra-tools", "/tools")
+        wait_tools_offered("bizra-tools", ALLOW)
+        yield base
     finally:
         serve.delete("bizra-tools")
+
+
+def wait_tools_offered(app: str, names: list[str], timeout_s: float = 300.0) -> None:
+    """Until every MCP server the tests use is connected and its tools offered: a stdio server is a Python
+    process that may take long to start on a busy machine (the toolbox retries it in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = knowledge_status(app).get("tools") or {}
+        offered = set(status.get("offered") or [])
+        if offered >= set(names):
+            return
+        assert time.monotonic() < deadline, f"tools offered after {timeout_s:g} s: {sorted(offered)}; {status}"
+        time.sleep(1.0)
 
 
 def finished_recording(root: Path, session_id: str, timeout_s: float = WAIT_S) -> list[dict]:

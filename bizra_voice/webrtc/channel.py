@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 OPEN_TIMEOUT_S = 20.0
+CLOSE_FLUSH_S = 3.0  # at most this long for the last events to reach SCTP when the server ends a call
+CLOSE_PAUSE_S = 0.3
 EVENTS_LABEL = "oai-events"
 
 
@@ -80,13 +82,18 @@ class ChannelSocket:
         self._channel.send(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """End the call: the last events are flushed (briefly), then the peer connection closes."""
+        """End the call: the last events (an ending's ``error``) leave first, then the channel and the peer
+        connection close. ``bufferedAmount`` only says the data reached SCTP, not the wire, hence the pause."""
         self._gone = True
         channel = self._channel
         if channel is not None and channel.readyState == "open":
-            for _ in range(20):  # let the error event and the like leave before the transport goes
-                if not getattr(channel, "bufferedAmount", 0):
-                    break
-                await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CLOSE_FLUSH_S
+            while getattr(channel, "bufferedAmount", 0) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(CLOSE_PAUSE_S)
+            with contextlib.suppress(Exception):
+                channel.close()  # an SCTP stream reset, queued behind the data
+            await asyncio.sleep(CLOSE_PAUSE_S)
         with contextlib.suppress(Exception):
             await self._on_close()

@@ -5,6 +5,7 @@ import { AudioEngine, describeMicError } from './audio/audio-engine.js';
 import { OpusOggEncoder, opusEncoderConfig } from './audio/opus-encoder.js';
 import { OggOpusDecoder } from './audio/opus-decoder.js';
 import { ChatSession } from './session.js';
+import { CallRefused, CallSetupFailed, WebRtcSession } from './webrtc-session.js';
 import { concatBytes } from './core/ogg.js';
 import { shouldReconnect, voicePromptParam } from './core/protocol.js';
 import { EnergyVad } from './core/vad.js';
@@ -85,10 +86,8 @@ async function connect(reconnects = 0) {
   status.setState('connecting', 'Starting the microphone…');
   setBusyControls(true);
 
-  let encoderConfig;
   try {
     await c.engine.start();
-    encoderConfig = await opusEncoderConfig();
   } catch (err) {
     await teardown(c);
     status.setState('error', 'Microphone unavailable');
@@ -96,6 +95,56 @@ async function connect(reconnects = 0) {
     return;
   }
   if (call !== c) return; // cancelled while the permission prompt was open
+  c.engine.onFrame = (frame) => onMicFrame(c, frame);
+  // WebRTC by default (Opus over RTP, the echo canceller's own path); the WebSocket when it cannot be used
+  if (pageParams.get('transport') !== 'websocket' && await startCall(c, params)) return;
+  if (call !== c) return;
+  await connectWebSocket(c, params);
+}
+
+/** The conversation as a WebRTC call; false when WebRTC cannot carry it (the WebSocket is tried next). */
+async function startCall(c, params) {
+  const session = new WebRtcSession({
+    onHandshake: () => onLive(c),
+    onText: (piece) => log.assistantText(piece),
+    onEvent: (ev) => onServerEvent(c, ev),
+    onServerError: (text) => showError(`Server error: ${text}`),
+    onClose: (info) => onClosed(c, info),
+  });
+  c.session = session;
+  c.transport = 'webrtc';
+  status.setState('waiting', 'Calling: BIZRA is reading its persona…');
+  try {
+    await session.open(location.href, params, c.engine.stream);
+    document.body.dataset.transport = 'webrtc';
+    document.body.dataset.playback = 'webrtc-call';
+    return true;
+  } catch (err) {
+    if (call !== c) return true; // cancelled meanwhile
+    if (err instanceof CallSetupFailed) {
+      log.note(`WebRTC could not start (${err.message}); talking over the WebSocket instead.`);
+      c.session = null;
+      return false;
+    }
+    await onClosed(c, { code: err instanceof CallRefused ? err.closeCode : 0, message: err.message, wasLive: false });
+    return true;
+  }
+}
+
+async function connectWebSocket(c, params) {
+  c.transport = 'websocket';
+  document.body.dataset.transport = 'websocket';
+  let encoderConfig;
+  try {
+    encoderConfig = await opusEncoderConfig();
+    await c.engine.startPlayback();
+  } catch (err) {
+    await teardown(c);
+    status.setState('error', 'Audio unavailable');
+    showError(String(err.message || err));
+    return;
+  }
+  if (call !== c) return;
   const route = c.engine.route;
   document.body.dataset.playback = route.path;
   if (route.path !== 'webrtc-loopback') {
@@ -108,17 +157,13 @@ async function connect(reconnects = 0) {
     c.rtt.onFramesDecoded(c.decoder.framesDecoded, performance.now());
   }, (err) => fail(c, `Audio decoding failed: ${err.message}`));
   c.engine.onPlaybackStats = (s) => { c.bufferMs = s.bufferedMs; c.flushes = s.flushes; c.underruns = s.underruns; };
-  c.engine.onFrame = (frame) => onMicFrame(c, frame);
 
   c.session = new ChatSession({
     onHandshake: () => {
       c.encoder = new OpusOggEncoder(encoderConfig, (pages) => {
         if (c.session.sendAudio(concatBytes(pages))) c.rtt.onFrameSent(c.framesSent++, performance.now());
       }, (err) => fail(c, `Audio encoding failed: ${err.message}`));
-      c.reconnects = 0; // a live session again: later losses get their own retries
-      status.setState('connected', 'Connected: speak any time');
-      setBusyControls(true);
-      livePersona.attach((ev) => c.session.sendEvent(ev));
+      onLive(c);
     },
     onAudio: (bytes) => { c.framesReceived++; c.decoder.push(bytes); },
     onText: (piece) => log.assistantText(piece),
@@ -128,6 +173,14 @@ async function connect(reconnects = 0) {
   });
   status.setState('waiting', 'Connecting: BIZRA is reading its persona…');
   c.session.open(location.href, params);
+}
+
+/** The session is live (handshake, or the call's session.created): speak any time, change persona live. */
+function onLive(c) {
+  c.reconnects = 0; // a live session again: later losses get their own retries
+  status.setState('connected', c.transport === 'webrtc' ? 'Connected over WebRTC: speak any time' : 'Connected: speak any time');
+  setBusyControls(true);
+  livePersona.attach((ev) => c.session.sendEvent(ev));
 }
 
 function onMicFrame(c, frame) {
@@ -157,6 +210,7 @@ function onServerEvent(c, ev) {
     case 'tool.call': case 'tool.result': log.tool(ev); break;
     // Nothing the user sent may vanish silently: say what the server could not take, and why.
     case 'user.text.rejected': log.note(`Your message was not sent: ${ev.reason}.`); break;
+    case 'server.notice': log.note(`The server said: ${ev.reason}`); break;
     case 'transcript.error': log.note(`What you just said could not be transcribed: ${ev.reason}.`); break;
     case 'session.draining':
       log.note(`The server is restarting this replica (${ev.reason}); reconnecting in ${ev.closing_in_s ?? 0} s…`);
@@ -219,14 +273,26 @@ ui.askForm.addEventListener('submit', (ev) => {
   ui.ask.value = '';
 });
 
+/** A call's counters from getStats: 80 ms frames from 20 ms RTP packets, the round trip from ICE/RTCP. */
+async function callCounters(c) {
+  const s = await c.session.stats().catch(() => null);
+  if (!s || call !== c) return;
+  c.framesSent = Math.floor(s.packetsSent / 4);
+  c.framesReceived = Math.floor(s.packetsReceived / 4);
+  if (s.rttMs != null) c.callRttMs = s.rttMs;
+  document.body.dataset.rtpPacketsReceived = s.packetsReceived;
+}
+
 setInterval(() => {
   const c = call;
+  const onCall = Boolean(c && c.transport === 'webrtc' && c.session?.live);
+  if (onCall) callCounters(c);
   status.update({
     framesSent: c ? c.framesSent : Number(document.body.dataset.framesSent),
     framesReceived: c ? c.framesReceived : Number(document.body.dataset.framesReceived),
-    framesDecoded: c && c.decoder ? c.decoder.framesDecoded : Number(document.body.dataset.framesDecoded),
-    rttMs: c ? c.rtt.rttMs : (document.body.dataset.rttMs || null),
-    rttSource: c ? c.rtt.source : null,
+    framesDecoded: onCall ? c.framesReceived : c && c.decoder ? c.decoder.framesDecoded : Number(document.body.dataset.framesDecoded),
+    rttMs: onCall ? (c.callRttMs ?? null) : c ? c.rtt.rttMs : (document.body.dataset.rttMs || null),
+    rttSource: onCall ? 'webrtc' : c ? c.rtt.source : null,
     bufferMs: c ? c.bufferMs : 0,
     textChars: log.textChars,
     flushes: c ? c.flushes : Number(document.body.dataset.flushes),

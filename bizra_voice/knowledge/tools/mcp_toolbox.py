@@ -260,6 +260,9 @@ class McpToolbox:
         return ToolResult(True, text, ms(), cut=cut)
 
     def describe(self) -> dict[str, Any]:
+        """What the status reports; asking also retries, in the background, servers that are down and due
+        (the router polls the status, so a server that failed to start comes back without a question)."""
+        self.refresh()
         return {"servers": [{"name": link.config.name, "transport": link.transport, "alive": link.alive,
                              "error": link.error, "tools": [t.name for t in link.tools]} for link in self.links],
                 "offered": sorted(self._index), "calls": self.calls}

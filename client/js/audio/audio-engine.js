@@ -20,7 +20,7 @@ export class AudioEngine {
     this.onPlaybackStats = () => {};
   }
 
-  /** Ask for the mic (echo cancellation matters: the model must not hear itself) and start audio. */
+  /** Ask for the mic (echo cancellation matters: the model must not hear itself) and start capture. */
   async start() {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -36,13 +36,18 @@ export class AudioEngine {
     this.capture.port.onmessage = ({ data }) => this.onFrame(data);
     source.connect(this.capture);
 
+    if (this.context.state === 'suspended') await this.context.resume();
+    return this.context.sampleRate;
+  }
+
+  /** Playback of decoded speech (the WebSocket path; a WebRTC call plays its own track). */
+  async startPlayback() {
     this.playback = new AudioWorkletNode(this.context, 'bizra-playback', {
       numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1], processorOptions: this.jitter,
     });
     this.playback.port.onmessage = ({ data }) => this.onPlaybackStats(data);
     this.route = await routePlayback(this.context, this.playback, { loopback: this.echoReference });
-    if (this.context.state === 'suspended') await this.context.resume();
-    return this.context.sampleRate;
+    return this.route;
   }
 
   play(samples, sampleRate) {
