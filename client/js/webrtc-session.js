@@ -52,11 +52,15 @@ export class WebRtcSession {
     for (const track of micStream.getAudioTracks()) pc.addTrack(track, micStream);
     const channel = pc.createDataChannel('oai-events');
     this.channel = channel;
+    // Before the call is live an end is a setup failure (open() rejects); after, it is the call's end.
     const ready = new Promise((resolve, reject) => {
       channel.onmessage = (ev) => this.handle(ev.data, resolve);
-      channel.onclose = () => { reject(new CallSetupFailed('the event channel closed')); this.closed(); };
+      channel.onclose = () => {
+        if (this.live) this.closed(); else reject(new CallSetupFailed('the event channel closed'));
+      };
       pc.onconnectionstatechange = () => {
-        if (pc.connectionState === 'failed') { reject(new CallSetupFailed('the media connection failed')); this.closed(); }
+        if (pc.connectionState !== 'failed') return;
+        if (this.live) this.closed(); else reject(new CallSetupFailed('the media connection failed'));
       };
     });
     pc.ontrack = (ev) => {
