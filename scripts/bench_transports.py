@@ -3,8 +3,8 @@
     serve run serve_config.cpu.yaml &            # or any running BIZRA Voice
     python scripts/bench_transports.py --url http://127.0.0.1:8000 --seconds 20 --out docs/bench
 
-For each transport in turn, one session streams the shared speech file in real time (then silence) for
-``--seconds`` while this script samples the CPU time of the VoiceServer replica processes on this machine
+For each transport in turn, one session streams the shared speech file (looped) in real time and, once the
+model's audio flows back, for ``--seconds`` this script samples the CPU time of the VoiceServer replica processes on this machine
 (psutil): the replica's engine tick is the same work either way, so the difference between the two is the
 transport's own cost (base64 PCM16 JSON events vs Opus decode/encode, SRTP and the data channel). An idle
 window first gives the replica's baseline. Sessions are opened one after another, never together.
@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from _bench_common import provenance, write_json  # noqa: E402
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "audio" / "user_turn_en.wav"
+SETUP_TIMEOUT_S = 120.0  # a session opening on a busy machine (the window is measured once audio flows)
 
 
 def replica_processes():
@@ -59,33 +60,50 @@ def speech_at(rate: int) -> np.ndarray:
     return soxr.resample(pcm, source, rate).astype(np.float32)
 
 
-async def measured(processes, seconds: float, work) -> float:
-    """CPU seconds per second of the replicas while ``work(seconds)`` runs."""
+async def cpu_per_second(processes, seconds: float) -> float:
+    """CPU seconds per second of the replicas over the next ``seconds``."""
     start_cpu, start = cpu_seconds(processes), time.monotonic()
-    await work(seconds)
+    await asyncio.sleep(seconds)
     return (cpu_seconds(processes) - start_cpu) / (time.monotonic() - start)
 
 
-async def websocket_session(url: str, seconds: float) -> None:
+async def until(predicate, what: str, timeout_s: float = SETUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} within {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def websocket_session(url: str, measure) -> float:
+    """One /v1/realtime session streaming speech; ``measure()`` runs once the model's audio flows back."""
     import websockets
 
-    pcm = np.resize(speech_at(24_000), int(seconds * 24_000))
-    chunk = 1920
+    pcm, chunk, deltas = speech_at(24_000), 1920, [0]
     async with websockets.connect(url.replace("http", "ws", 1) + "/v1/realtime", compression=None,
                                   max_size=None) as ws:
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "mode": "standalone"}}))
 
-        async def drain() -> None:
-            async for _ in ws:
-                pass
+        async def read() -> None:
+            async for message in ws:
+                if '"response.output_audio.delta"' in message:
+                    deltas[0] += 1
 
-        reader = asyncio.create_task(drain())
-        start = time.monotonic()
-        for k in range(0, pcm.size, chunk):
-            data = (np.clip(pcm[k:k + chunk], -1, 1) * 32767).astype("<i2").tobytes()
-            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()}))
-            await asyncio.sleep(max(0.0, start + (k + chunk) / 24_000 - time.monotonic()))
-        reader.cancel()
+        async def stream() -> None:
+            start = time.monotonic()
+            for k in range(0, 10**9, chunk):
+                data = (np.clip(np.resize(pcm, k + chunk)[k:k + chunk], -1, 1) * 32767).astype("<i2").tobytes()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(data).decode()}))
+                await asyncio.sleep(max(0.0, start + (k + chunk) / 24_000 - time.monotonic()))
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(stream())]
+        try:
+            await until(lambda: deltas[0] > 0, "no audio came back over the WebSocket")
+            return await measure()
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 def speech_track():
@@ -116,7 +134,8 @@ def speech_track():
     return Speech()
 
 
-async def webrtc_session(url: str, seconds: float) -> None:
+async def webrtc_session(url: str, measure) -> float:
+    """One WebRTC call streaming speech on its track; ``measure()`` runs once the model's audio flows back."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from openai import AsyncOpenAI
 
@@ -137,9 +156,8 @@ async def webrtc_session(url: str, seconds: float) -> None:
         answer = await AsyncOpenAI(api_key="unused", base_url=url + "/v1").realtime.calls.create(
             sdp=pc.localDescription.sdp, session={"type": "realtime", "mode": "standalone"})
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.text, type="answer"))
-        await asyncio.sleep(seconds)
-        if not heard[0]:
-            raise SystemExit("the WebRTC call carried no audio back")
+        await until(lambda: heard[0] > 0, "no audio came back over the WebRTC call")
+        return await measure()
     finally:
         for reader in readers:
             reader.cancel()
@@ -148,11 +166,11 @@ async def webrtc_session(url: str, seconds: float) -> None:
 
 async def main(args: argparse.Namespace) -> dict:
     processes = replica_processes()
-    idle = await measured(processes, min(args.seconds, 10.0), asyncio.sleep)
+    idle = await cpu_per_second(processes, min(args.seconds, 10.0))
     results = {"idle": idle}
     for name, session in (("websocket", websocket_session), ("webrtc", webrtc_session)):
         await asyncio.sleep(3.0)  # the previous session's slot is released
-        results[name] = await measured(processes, args.seconds, lambda s, f=session: f(args.url, s))
+        results[name] = await session(args.url, lambda: cpu_per_second(processes, args.seconds))
     return {
         "cpu_s_per_s": {k: round(v, 4) for k, v in results.items()},
         "cpu_s_per_s_minus_idle": {k: round(results[k] - idle, 4) for k in ("websocket", "webrtc")},
@@ -167,7 +185,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args(argv)
-    report = {**asyncio.run(main(options)), **provenance()}
+    report = {**asyncio.run(main(options)), "provenance": provenance()}
     print(json.dumps(report, indent=2))
     if options.out is not None:
         write_json(options.out / "transports_cpu.json", report)
