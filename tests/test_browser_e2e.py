@@ -43,6 +43,16 @@ def _diagnose(page, console_errors: list[str]) -> str:
     return f"page shows {shown}, counters {_counters(page)}, console errors {console_errors}"
 
 
+def _screenshot(page, path: Path) -> None:
+    """The page as the user saw it, for the artifacts; never the test's verdict (on a busy machine a
+    full-page screenshot can take longer than Playwright's 30 s default, which failed tests that had passed)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page.screenshot(path=str(path), full_page=True, timeout=120_000)
+    except Exception as exc:  # an artifact only
+        print(f"screenshot {path.name} not taken: {exc!s:.200}")
+
+
 def chromium_path() -> str | None:
     """The Chromium to launch: Debian's at /usr/bin/chromium, else the first ``chromium`` on $PATH."""
     return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
@@ -95,7 +105,7 @@ def test_browser_talks_to_server(base_url: str) -> None:
                 pytest.fail(f"session did not stream in time: {_diagnose(page, console_errors)}")
             finally:
                 ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "browser_e2e.png"), full_page=True)
+                _screenshot(page, ARTIFACTS / "browser_e2e.png")
             counters = _counters(page)
             transcript = page.locator(".entry.assistant .text").first.inner_text()
             status_rtt = page.locator("#stat-rtt").inner_text()
@@ -197,7 +207,7 @@ def test_browser_changes_persona_and_voice_live_without_reconnecting(base_url: s
                             f"live status {page.inner_text('#live-status')!r}")
             finally:
                 ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "browser_live_persona.png"), full_page=True)
+                _screenshot(page, ARTIFACTS / "browser_live_persona.png")
             page.get_by_role("button", name="Disconnect").click()
             page.wait_for_selector('body[data-state="closed"]', state="attached", timeout=WAIT_MS)
         finally:
