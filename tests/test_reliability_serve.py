@@ -239,6 +239,58 @@ def test_ask_without_a_knowledge_model_is_503(rel_server):
         assert ("not deployed" in message) if status == 503 else ("1 to 4000 characters" in message)
 
 
+def _post_raw(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, body, {"content-type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_a_hang_up_routed_to_the_other_replica_still_ends_the_call(rel_server):
+    """Serve's proxy routes the hang-up on its own: calls are opened and hung up until one hang-up lands on
+    the replica that does not hold the call (``X-Bizra-Hangup: relayed``); the call directory in
+    SessionTickets carries it to the owner, which ends the call (its data channel closes), and the call is
+    then unknown on every replica."""
+    from tests.test_webrtc_calls import WAIT_S, Peer
+
+    calls_url = f"{rel_server}/v1/realtime/calls?token={TOKEN}"
+
+    async def one_call() -> tuple[str, int, str, int]:
+        peer = Peer()
+        try:
+            status, headers, sdp = _post_raw(calls_url, (await peer.offer()).encode(), "application/sdp")
+            assert status == 201, sdp[:300]
+            await peer.answer(sdp.decode())
+            await peer.wait(lambda e: e["type"] == "session.created", "session.created")
+            location = headers.get("Location") or headers["location"]
+            hang_up = f"{location.split('?')[0]}/hangup?token={TOKEN}"
+            hang_up = hang_up if hang_up.startswith("http") else rel_server.split(REL_PREFIX)[0] + hang_up
+            status, headers, body = _post_raw(hang_up, b"", "application/json")
+            where = headers.get("X-Bizra-Hangup") or headers.get("x-bizra-hangup", "")
+            assert status == 200, (status, body[:300])
+            await asyncio.wait_for(peer.closed.wait(), WAIT_S)  # the owner ended the call
+            deadline = time.monotonic() + 10  # the owner's "forget" reaches the directory just after the end
+            while True:
+                again, _, body = _post_raw(hang_up, b"", "application/json")
+                if again == 404 or time.monotonic() > deadline:
+                    return where, again, body.decode(), status
+                await asyncio.sleep(0.2)
+        finally:
+            await peer.close()
+
+    seen = []
+    for _ in range(24):  # each hang-up lands on either replica: 0.5**24 that none is relayed
+        where, again, body, _ = asyncio.run(one_call())
+        seen.append(where)
+        assert again == 404 and "call_not_found" in body, (again, body)  # forgotten everywhere
+        if where == "relayed":
+            break
+    assert "relayed" in seen, f"no hang-up reached the other replica in {len(seen)} calls: {seen}"
+    print(f"\nhang-ups: {seen}")
+
+
 def _replica_actor(replica_id: str):
     import ray
 

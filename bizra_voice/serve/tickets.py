@@ -2,14 +2,19 @@
 
 - :class:`SessionTickets` is a one-replica CPU deployment holding the pure :class:`TicketStore`: every
   VoiceServer replica talks to the same store through a handle, because Serve's proxy routes the POST and
-  the WebSocket independently (they may land on different replicas). Its methods are ``async`` and never
-  await, so each create/consume runs whole on the replica's event loop: single use is atomic.
+  the WebSocket independently (they may land on different replicas). Its ticket methods are ``async`` and
+  never await, so each create/consume runs whole on the replica's event loop: single use is atomic.
 - :func:`post_session` answers the POST (bounded body, :meth:`SessionParams.from_body`, one sentence per
   error); :func:`resolve_params` turns a WebSocket's query into its :class:`SessionParams`, from the ticket
   when ``session=`` is given, else from the query itself (moshi/PersonaPlex clients).
 
 If the replica restarts, tickets not yet used are lost (they live for a minute): their WebSocket is told
 "unknown ticket" and the client makes a new one.
+
+The same deployment hosts the :class:`~bizra_voice.webrtc.directory.CallDirectory` (which replica holds
+which WebRTC call), for the same reason: a call's hang-up is routed on its own, maybe to another replica
+(``serve/call_relay.py`` is the replicas' side of it). A restart loses the table; each owner's next poll
+rebuilds it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ray import serve
 from bizra_voice.security import AccessPolicy
 from bizra_voice.session_params import TICKET_PARAM, BadParams, SessionParams, session_fields_in
 from bizra_voice.session_tickets import StoreFull, TicketRefused, TicketStore
+from bizra_voice.webrtc.directory import CallDirectory
 
 HANDLE_TIMEOUT_S = 5.0  # a store call is microseconds of work; this only bounds a replica that is gone
 
@@ -39,6 +45,7 @@ class TicketsUnavailable(RuntimeError):
 class SessionTickets:
     def __init__(self, ttl_s: float, max_pending: int) -> None:
         self.store = TicketStore(ttl_s, max_pending)
+        self.calls = CallDirectory()
 
     async def create(self, params: dict[str, Any], token_tag: str | None) -> dict[str, Any]:
         try:
@@ -54,7 +61,20 @@ class SessionTickets:
             return {"refused": str(exc), "reason": exc.reason.value}
 
     async def stats(self) -> dict[str, int]:
-        return {"pending": self.store.pending}
+        return {"pending": self.store.pending, "calls": self.calls.calls}
+
+    # ---- the call directory (webrtc/directory.py): one table, so every replica finds every call's owner
+    async def register_call(self, call_id: str, replica: str) -> bool:
+        return self.calls.register(call_id, replica)
+
+    async def forget_call(self, call_id: str) -> None:
+        self.calls.forget(call_id)
+
+    async def hang_up_call(self, call_id: str, wait_s: float) -> str:
+        return (await self.calls.hang_up(call_id, wait_s)).value
+
+    async def next_hangups(self, replica: str, holding: list[str], wait_s: float) -> list[str]:
+        return await self.calls.next_hangups(replica, holding, wait_s)
 
 
 async def _call(tickets: Any, method: str, *args: Any) -> dict[str, Any]:

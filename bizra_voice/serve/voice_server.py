@@ -26,6 +26,7 @@ from bizra_voice.config import CPU_DEV_WARNING, AppConfig
 from bizra_voice.engine.api import AtCapacity, BadSessionRequest, EngineError, SamplingParams, SessionSpec
 from bizra_voice.security import AccessPolicy, token_subprotocol
 from bizra_voice.serve.backpressure import OutboundBuffer
+from bizra_voice.serve.call_relay import CallRelay
 from bizra_voice.serve.drain import watch_for_drain, watch_for_node_drain
 from bizra_voice.serve.endings import ending_for, log_ending
 from bizra_voice.serve.ws_session import ChatSession, ClientProtocolError, Outbox, SessionRecord
@@ -186,7 +187,7 @@ class VoiceServer:
         self.access = AccessPolicy.create(acc.token, acc.token_env, acc.allowed_origins, acc.allow_localhost_origins)
         self.voice_uploads = self._voice_uploads()  # None unless the operator enabled them (voices.uploads)
         self._open: dict[str, Outbox] = {}  # live sessions by id, told first when the replica drains
-        self._calls: dict[str, Any] = {}  # WebRTC Realtime calls on this replica, by call id
+        self.calls = CallRelay(tickets, self.replica)  # WebRTC calls held here; hang-ups routed elsewhere
         self._call_tasks: set[asyncio.Task] = set()
         self._draining: str | None = None
         self._drain_watcher: asyncio.Task | None = None
@@ -494,7 +495,7 @@ class VoiceServer:
             return refused.response()
         key = f"realtime-call-{call.call_id}"
         self._open[key] = call.session.drain_handle()
-        self._calls[call.call_id] = call
+        await self.calls.opened(call)  # in the call directory before the client learns the call id
 
         async def serve_call() -> None:
             try:
@@ -503,7 +504,7 @@ class VoiceServer:
                 log.exception("realtime call %s failed", call.call_id)
             finally:
                 self._open.pop(key, None)
-                self._calls.pop(call.call_id, None)
+                self.calls.ended(call.call_id)
 
         task = asyncio.ensure_future(serve_call())
         self._call_tasks.add(task)
@@ -512,18 +513,14 @@ class VoiceServer:
                         headers={"Location": f"{request.url.path.rstrip('/')}/{call.call_id}"})
 
     async def hang_up(self, call_id: str, request: Request) -> Response:
+        """``POST /v1/realtime/calls/<id>/hangup``, wherever the proxy routed it (serve/call_relay.py)."""
+        from bizra_voice.serve.call_relay import hangup_response
+
         denied = self.access.check(request.query_params, request.headers, request.url.scheme)
         if denied is not None:
             return JSONResponse({"error": {"type": "invalid_request_error", "code": "access_denied",
                                            "message": denied.message}}, status_code=denied.status)
-        call = self._calls.get(call_id)
-        if call is None:
-            return JSONResponse({"error": {"type": "invalid_request_error", "code": "call_not_found",
-                                           "message": f"No call {call_id!r} on this replica (it ended, or another "
-                                           "replica holds it: close the peer connection to end it)."}},
-                                status_code=404)
-        await call.hang_up()
-        return Response(status_code=200)
+        return hangup_response(await self.calls.hang_up(call_id), call_id)
 
     # ---- operations: metrics, recording, session-tagged logs (bizra_voice/serve/metrics.py, recording.py)
     def _init_operations(self) -> None:

@@ -11,7 +11,8 @@ is ``201`` with the SDP answer (``application/sdp``) and ``Location: /v1/realtim
 - the events are the WebSocket endpoint's, on the client's ``oai-events`` data channel
   (``channel.ChannelSocket``), served by the same ``RealtimeSession`` - only the audio moves to the tracks
   (no ``input_audio_buffer.append`` needed, no ``response.output_audio.delta`` sent);
-- ``POST /v1/realtime/calls/<call_id>/hangup`` (or the client closing its peer connection) ends the call.
+- ``POST /v1/realtime/calls/<call_id>/hangup`` (or the client closing its peer connection) ends the call,
+  on whichever replica the proxy routes it to (``serve/call_relay.py`` relays it to the call's owner).
 
 Refused before any media, with a JSON ``error``: a request that is not a WebRTC offer with audio (400), no
 access (401/403), a bad session config or query parameter (400), the replica draining or at capacity (503,
