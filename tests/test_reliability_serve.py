@@ -143,8 +143,9 @@ def test_bad_input_corpus_while_a_good_session_runs(cpu_server, cpu_args, cpu_re
 
 
 # ---- a second app: 2 replicas, token + origin allow-list, no knowledge model --------------------------------
-def deploy_rel_app(cpu_server: str, cpu_args: dict, name: str, prefix: str) -> str:
-    """Deploy the 2-replica, token-protected app without Qwen under ``prefix``; return its base URL."""
+def deploy_rel_app(cpu_server: str, cpu_args: dict, name: str, prefix: str, *, protected: bool = True) -> str:
+    """Deploy the 2-replica app without Qwen under ``prefix`` (token-protected with an Origin allow-list
+    unless ``protected`` is False: a browser page on the test's own origin); return its base URL."""
     from ray import serve
 
     from bizra_voice.app import build_app
@@ -154,11 +155,12 @@ def deploy_rel_app(cpu_server: str, cpu_args: dict, name: str, prefix: str) -> s
     args["engine"]["slots"] = 2
     args["knowledge"]["enabled"] = False
     args["transcriber"] = {**args.get("transcriber", {}), "enabled": False}
-    args["access"] = {"token": TOKEN, "allowed_origins": ["https://voice.example"]}
+    if protected:
+        args["access"] = {"token": TOKEN, "allowed_origins": ["https://voice.example"]}
     args["reliability"] = {"drain_notice_s": 1.0}
     serve.run(build_app(args), name=name, route_prefix=prefix, blocking=False)
     base = cpu_server + prefix
-    wait_ready(base, query=f"?token={TOKEN}")
+    wait_ready(base, query=f"?token={TOKEN}" if protected else "")
     return base
 
 

@@ -9,6 +9,11 @@ import { createSessionUrl, describeClose } from './core/protocol.js';
 import { closeCodeFor, fromRealtime, toRealtime } from './core/realtime-dialect.js';
 
 const SETUP_TIMEOUT_MS = 15000;
+// The answer's track sends a frame every 20 ms, silence included, so a live call never goes quiet: ICE
+// turning 'disconnected' means nothing arrives (a replica killed, a network gone). Chromium calls it
+// 'failed' only after ~30 s; past this grace the call is taken as lost (1006) and the page reconnects to
+// another replica. A Wi-Fi blip shorter than this recovers by itself and the call goes on.
+export const DISCONNECTED_GRACE_MS = 5000;
 
 /** WebRTC itself could not carry the call (no WebRTC, no media path, no event channel): use the WebSocket. */
 export class CallSetupFailed extends Error {}
@@ -34,6 +39,7 @@ export class WebRtcSession {
     this.ended = false;
     this.ending = null; // {code, message} of the server's last fatal error event
     this.abandoned = false;
+    this.lostTimer = null;
   }
 
   /**
@@ -59,8 +65,17 @@ export class WebRtcSession {
         if (this.live) this.closed(); else reject(new CallSetupFailed('the event channel closed'));
       };
       pc.onconnectionstatechange = () => {
+        clearTimeout(this.lostTimer);
+        if (pc.connectionState === 'disconnected' && this.live) {
+          this.lostTimer = setTimeout(() => {
+            if (pc.connectionState !== 'connected') this.closed(1006, 'The connection to the server was lost (no media for '
+              + `${DISCONNECTED_GRACE_MS / 1000} s).`);
+          }, DISCONNECTED_GRACE_MS);
+          return;
+        }
         if (pc.connectionState !== 'failed') return;
-        if (this.live) this.closed(); else reject(new CallSetupFailed('the media connection failed'));
+        if (this.live) this.closed(1006, 'The media connection failed.');
+        else reject(new CallSetupFailed('the media connection failed'));
       };
     });
     pc.ontrack = (ev) => {
@@ -137,14 +152,16 @@ export class WebRtcSession {
     this.closed(1000);
   }
 
-  closed(code) {
+  /** The call's one end: onClose with the server's reason (its last error event), else ``code``/``lost``. */
+  closed(code, lost = null) {
     if (this.ended) return;
     this.ended = true;
+    clearTimeout(this.lostTimer);
     const wasLive = this.live;
     this.live = false;
     if (this.audio) this.audio.srcObject = null;
     this.pc?.close();
-    const ending = code === 1000 ? { code: 1000, message: null } : (this.ending || { code: 1006, message: null });
+    const ending = code === 1000 ? { code: 1000, message: null } : (this.ending || { code: 1006, message: lost });
     this.h.onClose({ code: ending.code, reason: '', message: ending.message || describeClose(ending.code, ''), wasLive });
   }
 }
